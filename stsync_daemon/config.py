@@ -1,0 +1,284 @@
+"""Configuration: one TOML file plus `STSYNC_…` environment overrides, parsed into frozen models.
+
+Nothing deeper in the daemon reads the environment or raw dicts: everything comes from `Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .enums import DataTypeFilter, Environment
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/stsync/stsync.toml")
+
+PRODUCTION_AUTH_URL = "https://auth.servicetitan.io"
+PRODUCTION_API_URL = "https://api.servicetitan.io"
+INTEGRATION_AUTH_URL = "https://auth-integration.servicetitan.io"
+INTEGRATION_API_URL = "https://api-integration.servicetitan.io"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DatabaseConfig(_Frozen):
+    """Where the sync log, credentials and records live."""
+
+    dsn: SecretStr = SecretStr("postgresql:///stsync")
+    pool_min_size: Annotated[int, Field(ge=1)] = 2
+    pool_max_size: Annotated[int, Field(ge=2)] = 20
+
+
+class EnvironmentURLs(_Frozen):
+    """Auth and API bases of one ServiceTitan environment (the sandbox can stand in for either)."""
+
+    auth_url: str
+    api_url: str
+
+    @field_validator("auth_url", "api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+
+class EnvironmentsConfig(_Frozen):
+    """The two ServiceTitan environments."""
+
+    production: EnvironmentURLs = EnvironmentURLs(
+        auth_url=PRODUCTION_AUTH_URL, api_url=PRODUCTION_API_URL
+    )
+    integration: EnvironmentURLs = EnvironmentURLs(
+        auth_url=INTEGRATION_AUTH_URL, api_url=INTEGRATION_API_URL
+    )
+
+    def urls(self, environment: Environment) -> EnvironmentURLs:
+        """The bases of one environment."""
+        return self.production if environment is Environment.PRODUCTION else self.integration
+
+
+class ServiceTitanConfig(_Frozen):
+    """How stsync talks to ServiceTitan."""
+
+    app_key: SecretStr | None = None
+    app_key_file: Path | None = None
+    environments: EnvironmentsConfig = EnvironmentsConfig()
+    requests_per_second: Annotated[float, Field(gt=0, le=1000)] = 55.0
+    request_timeout_seconds: Annotated[float, Field(gt=0)] = 100.0
+    max_attempts: Annotated[int, Field(ge=1, le=50)] = 8
+    max_retry_seconds: Annotated[float, Field(gt=0)] = 300.0
+    token_refresh_margin_seconds: Annotated[float, Field(ge=0)] = 60.0
+    connections: Annotated[int, Field(ge=1, le=1000)] = 100
+
+    def resolve_app_key(self) -> SecretStr | None:
+        """The app key from the config or its file (systemd `LoadCredential`)."""
+        if self.app_key is not None:
+            return self.app_key
+        if self.app_key_file is not None:
+            try:
+                return SecretStr(self.app_key_file.read_text().strip())
+            except OSError as exc:
+                raise ConfigError(
+                    f"servicetitan.app_key_file: cannot read {self.app_key_file}: {exc.strerror}"
+                ) from None
+        return None
+
+
+class SyncConfig(_Frozen):
+    """Knobs of batch runs and of each sync."""
+
+    max_concurrent: Annotated[int, Field(ge=1, le=1000)] = 3
+    timeout_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    page_size: Annotated[int, Field(ge=1, le=5000)] = 500
+    commit_batch_records: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
+
+
+class SecretsConfig(_Frozen):
+    """The key that encrypts client secrets at rest."""
+
+    key_file: Path | None = None
+
+
+class ControlConfig(_Frozen):
+    """The local control channel served to stsyncctl."""
+
+    socket: Path | None = None
+    socket_mode: Annotated[int, Field(ge=0, le=0o777)] = 0o660
+    allowed_group: str | None = None
+
+    def socket_path(self) -> Path:
+        """The configured socket, else `$RUNTIME_DIRECTORY/control.sock`, else /run/stsync."""
+        return self.socket or default_socket_path()
+
+
+class MetricsConfig(_Frozen):
+    """The Prometheus endpoint."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:9841"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9841")
+        return value
+
+    @property
+    def host(self) -> str:
+        """Host part of `listen`, without IPv6 brackets."""
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        """Port part of `listen`."""
+        return int(self.listen.rpartition(":")[2])
+
+
+class SchedulerConfig(_Frozen):
+    """How cron ticks are handled."""
+
+    misfire_grace_seconds: Annotated[float, Field(gt=0)] = 300.0
+
+
+class LoggingConfig(_Frozen):
+    """Structured logs: JSON lines when not on a TTY."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class ScheduleConfig(_Frozen):
+    """One `[[schedules]]` entry: a cron trigger and what it runs."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+    cron: str
+    timezone: str = "UTC"
+    action: Literal["process", "retry", "report"] = "process"
+    environment: Environment | None = None
+    company_id: str | None = None
+    credential_id: str | None = None
+    data_type: DataTypeFilter = DataTypeFilter.BOTH
+    max_concurrent: Annotated[int, Field(ge=1, le=1000)] | None = None
+    timeout_seconds: Annotated[float, Field(gt=0)] | None = None
+    max_age_hours: Annotated[float, Field(gt=0)] = 24.0
+    max_retries: Annotated[int, Field(ge=1)] = 10
+    exclude_auth_errors: bool = False
+    full: bool = False
+    enabled: bool = True
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as UTC)") from None
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) not in (5, 6):
+            raise ValueError("must be a crontab expression of 5 fields, e.g. '0 * * * *'")
+        return value
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Precedence: environment, then the TOML file, then defaults."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix="STSYNC_",
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+    )
+
+    database: DatabaseConfig = DatabaseConfig()
+    servicetitan: ServiceTitanConfig = ServiceTitanConfig()
+    sync: SyncConfig = SyncConfig()
+    secrets: SecretsConfig = SecretsConfig()
+    control: ControlConfig = ControlConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    logging: LoggingConfig = LoggingConfig()
+    schedules: tuple[ScheduleConfig, ...] = ()
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique_names(cls, value: tuple[ScheduleConfig, ...]) -> tuple[ScheduleConfig, ...]:
+        names = [s.name for s in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"schedule names must be unique; repeated: {', '.join(dupes)}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init carries the TOML file's content, so the environment must come first to win.
+        return (env_settings, init_settings)
+
+
+def default_socket_path() -> Path:
+    """Where the daemon listens and stsyncctl connects when nothing says otherwise."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY")
+    if runtime:
+        return Path(runtime.split(":")[0]) / "control.sock"
+    return Path("/run/stsync/control.sock")
+
+
+def default_config_path() -> Path:
+    """`$STSYNC_CONFIG`, else /etc/stsync/stsync.toml."""
+    return Path(os.environ.get("STSYNC_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (check its spelling and section)"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{key}: {message}{more}"
+
+
+def load_settings(path: Path | None, *, required: bool = True) -> Settings:
+    """Read, merge and validate; any problem becomes one `ConfigError` line naming the key."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            if required:
+                raise ConfigError(
+                    f"config file {path} not found (pass --config PATH or set STSYNC_CONFIG)"
+                ) from None
+        except PermissionError:
+            raise ConfigError(f"config file {path} is not readable by this user") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_describe(exc)}") from None

@@ -1,0 +1,1 @@
+"""Embedded parts for the demo and the tests: a private PostgreSQL cluster."""

@@ -1,0 +1,1 @@
+"""The PostgreSQL store: migrations, credentials, runs, the sync log, cursors and records."""

@@ -1,0 +1,84 @@
+"""Shared fixtures: one throwaway PostgreSQL cluster per test session, a fresh database per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from stsync_daemon.embedded.postgres import PrivateCluster
+from stsync_daemon.store.migrate import migrate
+
+TEMPLATE_DB = "stsync_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PrivateCluster]:
+    """A private cluster on a temporary Unix socket, run as an unprivileged user when we are root."""
+    base = Path(tempfile.mkdtemp(prefix="stsync-pg-"))
+    os.chmod(base, 0o755)
+    cluster = PrivateCluster(base / "pg", fsync=False)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def pg_template(pg_cluster: PrivateCluster) -> str:
+    """A migrated template database that every test database is cloned from."""
+    admin = await asyncpg.connect(pg_cluster.dsn())
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        await admin.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(pg_cluster.dsn(TEMPLATE_DB))
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return TEMPLATE_DB
+
+
+@pytest.fixture
+async def database_dsn(pg_cluster: PrivateCluster, pg_template: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    admin = await asyncpg.connect(pg_cluster.dsn())
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
+    finally:
+        await admin.close()
+    yield pg_cluster.dsn(name)
+    admin = await asyncpg.connect(pg_cluster.dsn())
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def empty_database_dsn(pg_cluster: PrivateCluster) -> AsyncIterator[str]:
+    """A fresh database with no schema, for migration tests."""
+    name = f"e_{os.getpid()}_{next(_counter)}"
+    admin = await asyncpg.connect(pg_cluster.dsn())
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    yield pg_cluster.dsn(name)
+    admin = await asyncpg.connect(pg_cluster.dsn())
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
