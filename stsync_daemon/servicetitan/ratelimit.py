@@ -1,0 +1,39 @@
+"""A proactive per-(app key, tenant) limiter, so ServiceTitan rarely has to answer 429."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class RateLimiter:
+    """Spaces requests `1/rate` seconds apart, so no 1-second window holds more than `rate` of them.
+
+    Slots are reserved synchronously (no lock needed on one event loop), so concurrent callers queue
+    in arrival order. A cancelled waiter wastes its slot, which only errs on the safe side.
+    """
+
+    def __init__(self, requests_per_second: float, *, clock: Clock, sleep: Sleep) -> None:
+        if requests_per_second <= 0:
+            raise ValueError("requests_per_second must be positive")
+        self._interval = 1.0 / requests_per_second
+        self._clock = clock
+        self._sleep = sleep
+        self._next = -math.inf
+
+    async def acquire(self) -> float:
+        """Wait for this request's slot; returns the seconds waited (0 when none)."""
+        now = self._clock()
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        wait = slot - now
+        if wait > 0:
+            await self._sleep(wait)
+        return wait
+
+    def hold_until(self, when: float) -> None:
+        """Make every later request of this tenant wait until `when` (ServiceTitan said 429)."""
+        self._next = max(self._next, when)
