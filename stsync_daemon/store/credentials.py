@@ -1,0 +1,208 @@
+"""Companies and their per-tenant ServiceTitan credentials, secrets encrypted at rest."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from pydantic import SecretStr
+
+from ..enums import CredentialStatus, Environment
+from ..errors import ConflictError, NotFoundError, SecretsError
+from ..servicetitan import CredentialAccess
+from .crypto import SecretCipher
+from .sql import QUERIES
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A stored credential as operators see it: no secret in here."""
+
+    id: uuid.UUID
+    company_id: str
+    company_name: str
+    environment: Environment
+    tenant_id: int
+    client_id: str
+    status: CredentialStatus
+    last_error: str | None
+    last_error_at: datetime | None
+    schedule_enabled: bool
+    has_app_key: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Credential:
+        return cls(
+            id=row["id"],
+            company_id=row["company_id"],
+            company_name=row["company_name"],
+            environment=Environment(row["environment"]),
+            tenant_id=row["tenant_id"],
+            client_id=row["client_id"],
+            status=CredentialStatus(row["status"]),
+            last_error=row["last_error"],
+            last_error_at=row["last_error_at"],
+            schedule_enabled=row["schedule_enabled"],
+            has_app_key=row["has_app_key"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+
+@dataclass(frozen=True)
+class NewCredential:
+    """What `credentials add` provides."""
+
+    company_id: str
+    company_name: str
+    environment: Environment
+    tenant_id: int
+    client_id: str
+    client_secret: SecretStr
+    app_key: SecretStr | None = None
+    schedule_enabled: bool = True
+
+
+class CredentialStore:
+    """CRUD over credentials; the only place secrets are encrypted or decrypted."""
+
+    def __init__(self, pool: asyncpg.Pool, cipher: SecretCipher | None) -> None:
+        self._pool = pool
+        self._cipher = cipher
+
+    def _require_cipher(self) -> SecretCipher:
+        if self._cipher is None:
+            raise SecretsError(
+                "no secrets key is configured: set [secrets] key_file "
+                "(generate one with `stsyncd generate-key PATH`)"
+            )
+        return self._cipher
+
+    async def add(self, new: NewCredential) -> Credential:
+        cipher = self._require_cipher()
+        credential_id = uuid.uuid4()
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(QUERIES["upsert_company"], new.company_id, new.company_name)
+            try:
+                await conn.execute(
+                    QUERIES["insert_credential"],
+                    credential_id,
+                    new.company_id,
+                    new.environment.value,
+                    new.tenant_id,
+                    new.client_id,
+                    cipher.encrypt(new.client_secret),
+                    cipher.encrypt(new.app_key) if new.app_key else None,
+                    new.schedule_enabled,
+                )
+            except asyncpg.UniqueViolationError:
+                raise ConflictError(
+                    f"tenant {new.tenant_id} already has a {new.environment} credential: "
+                    "update it instead (stsyncctl credentials update)"
+                ) from None
+        return await self.get(credential_id)
+
+    async def list(
+        self,
+        *,
+        environment: Environment | None = None,
+        company_id: str | None = None,
+        credential_id: uuid.UUID | None = None,
+    ) -> list[Credential]:
+        rows = await self._pool.fetch(
+            QUERIES["select_credentials"],
+            environment.value if environment else None,
+            company_id,
+            credential_id,
+        )
+        return [Credential.from_row(r) for r in rows]
+
+    async def get(self, credential_id: uuid.UUID) -> Credential:
+        found = await self.list(credential_id=credential_id)
+        if not found:
+            raise NotFoundError(f"no credential with id {credential_id}")
+        return found[0]
+
+    async def update(
+        self,
+        credential_id: uuid.UUID,
+        *,
+        client_id: str | None = None,
+        client_secret: SecretStr | None = None,
+        app_key: SecretStr | None = None,
+        clear_app_key: bool = False,
+        schedule_enabled: bool | None = None,
+        company_name: str | None = None,
+    ) -> Credential:
+        cipher = self._require_cipher() if (client_secret or app_key) else None
+        async with self._pool.acquire() as conn, conn.transaction():
+            found = await conn.fetchval(
+                QUERIES["update_credential"],
+                credential_id,
+                client_id,
+                cipher.encrypt(client_secret) if cipher and client_secret else None,
+                cipher.encrypt(app_key) if cipher and app_key else None,
+                clear_app_key,
+                schedule_enabled,
+            )
+            if found is None:
+                raise NotFoundError(f"no credential with id {credential_id}")
+            if company_name:
+                current = await self.get(credential_id)
+                await conn.execute(QUERIES["upsert_company"], current.company_id, company_name)
+        return await self.get(credential_id)
+
+    async def set_status(
+        self, credential_id: uuid.UUID, status: CredentialStatus, error: str | None = None
+    ) -> None:
+        found = await self._pool.fetchval(
+            QUERIES["set_credential_status"], credential_id, status.value, error
+        )
+        if found is None:
+            raise NotFoundError(f"no credential with id {credential_id}")
+
+    async def mark_ok(self, credential_id: uuid.UUID) -> None:
+        """A sync succeeded: a credential in `error` is evidently fixed."""
+        await self._pool.execute(QUERIES["mark_credential_ok"], credential_id)
+
+    async def remove(self, credential_id: uuid.UUID) -> None:
+        found = await self._pool.fetchval(QUERIES["delete_credential"], credential_id)
+        if found is None:
+            raise NotFoundError(f"no credential with id {credential_id}")
+
+    async def count_by_status(self) -> dict[CredentialStatus, int]:
+        rows = await self._pool.fetch(QUERIES["count_credentials_by_status"])
+        counts = dict.fromkeys(CredentialStatus, 0)
+        counts.update({CredentialStatus(r["status"]): r["n"] for r in rows})
+        return counts
+
+    async def access(self, credential: Credential, default_app_key: SecretStr | None) -> CredentialAccess:
+        """Decrypt what the ServiceTitan client needs for one credential."""
+        cipher = self._require_cipher()
+        row = await self._pool.fetchrow(QUERIES["select_credential_secrets"], credential.id)
+        if row is None:
+            raise NotFoundError(f"no credential with id {credential.id}")
+        app_key = (
+            cipher.decrypt(row["app_key_encrypted"])
+            if row["app_key_encrypted"] is not None
+            else default_app_key
+        )
+        if app_key is None:
+            raise SecretsError(
+                "no ServiceTitan app key: set [servicetitan] app_key or app_key_file, "
+                "or give the credential its own with --app-key-file"
+            )
+        return CredentialAccess(
+            credential_id=str(credential.id),
+            environment=credential.environment,
+            tenant_id=credential.tenant_id,
+            client_id=credential.client_id,
+            client_secret=cipher.decrypt(row["client_secret_encrypted"]),
+            app_key=app_key,
+        )

@@ -1,0 +1,65 @@
+"""Connection pool with the codecs every stsync connection needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+
+from ..errors import DatabaseError
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    # Binary jsonb format: a version byte, then the JSON text. Raw bytes are already JSON.
+    if isinstance(value, bytes | bytearray | memoryview):
+        return b"\x01" + bytes(value)
+    return b"\x01" + orjson.dumps(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Binary jsonb through orjson: cheaper for the backend than text and for us than json."""
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        format="binary",
+    )
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+    """A pool whose connections speak UTC; failure becomes a one-line `DatabaseError`."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=init_connection,
+            server_settings={"application_name": "stsync", "timezone": "UTC"},
+            command_timeout=None,
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseError(f"cannot connect to PostgreSQL: {describe_db_error(exc)}") from None
+    assert pool is not None
+    return pool
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """A short, secret-free description of a database failure."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"{type(exc).__name__}: {exc.args[0] if exc.args else exc}"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or type(exc).__name__} (is PostgreSQL running and the DSN right?)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+)

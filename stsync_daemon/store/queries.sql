@@ -1,0 +1,170 @@
+-- Named queries: each block starts with a line `-- name: <name>` and is loaded by store/sql.py.
+-- Parameters are always bound ($n), never formatted in.
+
+-- name: upsert_company
+INSERT INTO stsync.companies (id, name) VALUES ($1, $2)
+ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = now()
+WHERE stsync.companies.name IS DISTINCT FROM excluded.name;
+
+-- name: insert_credential
+INSERT INTO stsync.credentials (id, company_id, environment, tenant_id, client_id,
+                                client_secret_encrypted, app_key_encrypted, schedule_enabled)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+
+-- name: select_credentials
+SELECT c.id, c.company_id, co.name AS company_name, c.environment, c.tenant_id, c.client_id,
+       c.status, c.last_error, c.last_error_at, c.schedule_enabled,
+       c.app_key_encrypted IS NOT NULL AS has_app_key, c.created_at, c.updated_at
+FROM stsync.credentials c JOIN stsync.companies co ON co.id = c.company_id
+WHERE ($1::text IS NULL OR c.environment = $1)
+  AND ($2::text IS NULL OR c.company_id = $2)
+  AND ($3::uuid IS NULL OR c.id = $3)
+ORDER BY co.name, c.company_id, c.environment, c.tenant_id;
+
+-- name: select_credential_secrets
+SELECT client_secret_encrypted, app_key_encrypted FROM stsync.credentials WHERE id = $1;
+
+-- name: update_credential
+UPDATE stsync.credentials SET
+    client_id = coalesce($2, client_id),
+    client_secret_encrypted = coalesce($3, client_secret_encrypted),
+    app_key_encrypted = CASE WHEN $5 THEN NULL ELSE coalesce($4, app_key_encrypted) END,
+    schedule_enabled = coalesce($6, schedule_enabled),
+    -- New credentials deserve a new chance: a fixed secret clears the error state.
+    status = CASE WHEN ($2 IS NOT NULL OR $3 IS NOT NULL) AND status = 'error' THEN 'active'
+                  ELSE status END,
+    updated_at = now()
+WHERE id = $1
+RETURNING id;
+
+-- name: set_credential_status
+UPDATE stsync.credentials SET status = $2, last_error = $3,
+    last_error_at = CASE WHEN $3::text IS NULL THEN last_error_at ELSE now() END,
+    updated_at = now()
+WHERE id = $1
+RETURNING id;
+
+-- name: mark_credential_ok
+UPDATE stsync.credentials SET status = 'active', updated_at = now()
+WHERE id = $1 AND status = 'error';
+
+-- name: delete_credential
+DELETE FROM stsync.credentials WHERE id = $1 RETURNING id;
+
+-- name: count_credentials_by_status
+SELECT status, count(*) AS n FROM stsync.credentials GROUP BY status;
+
+-- name: select_cursor
+SELECT continue_from, max_modified_on, full_completed_at, updated_at
+FROM stsync.cursors WHERE credential_id = $1 AND data_type = $2;
+
+-- name: upsert_cursor
+INSERT INTO stsync.cursors (credential_id, data_type, continue_from, max_modified_on)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (credential_id, data_type) DO UPDATE SET
+    continue_from = coalesce(excluded.continue_from, stsync.cursors.continue_from),
+    max_modified_on = greatest(stsync.cursors.max_modified_on, excluded.max_modified_on),
+    updated_at = now();
+
+-- name: reset_cursor
+UPDATE stsync.cursors SET continue_from = NULL, updated_at = now()
+WHERE credential_id = $1 AND data_type = $2;
+
+-- name: complete_cursor
+UPDATE stsync.cursors SET full_completed_at = coalesce($3, full_completed_at), updated_at = now()
+WHERE credential_id = $1 AND data_type = $2;
+
+-- name: insert_sync
+INSERT INTO stsync.sync_log (id, run_id, credential_id, data_type, trigger, mode, retry_of,
+                             attempt, started_from, instance, heartbeat_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
+RETURNING started_at;
+
+-- name: sync_page_committed
+UPDATE stsync.sync_log SET
+    records_processed = records_processed + $2,
+    records_successful = records_successful + $3,
+    records_failed = records_failed + $4,
+    pages = pages + $5,
+    heartbeat_at = now()
+WHERE id = $1;
+
+-- name: finish_sync
+UPDATE stsync.sync_log SET status = $2, error_category = $3, error_message = $4,
+    completed_at = now()
+WHERE id = $1 AND status = 'running'
+RETURNING completed_at, records_processed, records_successful, records_failed, pages;
+
+-- name: select_sync
+SELECT s.*, c.company_id, co.name AS company_name, c.environment, c.tenant_id
+FROM stsync.sync_log s
+JOIN stsync.credentials c ON c.id = s.credential_id
+JOIN stsync.companies co ON co.id = c.company_id
+WHERE s.id = $1;
+
+-- name: interrupt_orphans
+-- Syncs left running by a crash of this instance (or of any instance whose heartbeat is stale).
+UPDATE stsync.sync_log SET status = 'interrupted', completed_at = now(), error_category = 'unexpected',
+    error_message = 'the daemon stopped while this sync was running; the next sync resumes from its last committed page'
+WHERE status = 'running'
+  AND (instance IS NOT DISTINCT FROM $1 OR heartbeat_at < now() - make_interval(secs => $2))
+RETURNING id;
+
+-- name: insert_dead_letters
+INSERT INTO stsync.dead_letters (sync_id, credential_id, environment, tenant_id, data_type,
+                                 record_id, reason, payload)
+SELECT $1, $2, $3, $4, $5, r.record_id, r.reason, r.payload
+FROM unnest($6::text[], $7::text[], $8::jsonb[]) AS r (record_id, reason, payload);
+
+-- name: create_stage_customers
+CREATE TEMPORARY TABLE IF NOT EXISTS stsync_stage_customers (
+    id bigint, name text, type text, active boolean, balance numeric,
+    street text, unit text, city text, state text, zip text, country text,
+    latitude double precision, longitude double precision,
+    created_on timestamptz, modified_on timestamptz, payload jsonb
+) ON COMMIT DELETE ROWS;
+
+-- name: merge_customers
+INSERT INTO servicetitan.customers AS t (environment, tenant_id, id, name, type, active, balance,
+    street, unit, city, state, zip, country, latitude, longitude, created_on, modified_on, payload)
+SELECT $1, $2, s.id, s.name, s.type, s.active, s.balance, s.street, s.unit, s.city, s.state, s.zip,
+       s.country, s.latitude, s.longitude, s.created_on, s.modified_on, s.payload
+FROM pg_temp.stsync_stage_customers s
+ON CONFLICT (environment, tenant_id, id) DO UPDATE SET
+    name = excluded.name, type = excluded.type, active = excluded.active,
+    balance = excluded.balance, street = excluded.street, unit = excluded.unit,
+    city = excluded.city, state = excluded.state, zip = excluded.zip, country = excluded.country,
+    latitude = excluded.latitude, longitude = excluded.longitude,
+    created_on = excluded.created_on, modified_on = excluded.modified_on,
+    payload = excluded.payload, synced_at = now()
+WHERE t.modified_on IS DISTINCT FROM excluded.modified_on
+   OR t.active IS DISTINCT FROM excluded.active
+   OR t.payload IS DISTINCT FROM excluded.payload;
+
+-- name: create_stage_invoices
+CREATE TEMPORARY TABLE IF NOT EXISTS stsync_stage_invoices (
+    id bigint, customer_id bigint, reference_number text, invoice_date timestamptz,
+    due_date timestamptz, sub_total numeric, sales_tax numeric, total numeric, balance numeric,
+    job_id bigint, business_unit_id bigint, active boolean, created_on timestamptz,
+    modified_on timestamptz, payload jsonb
+) ON COMMIT DELETE ROWS;
+
+-- name: merge_invoices
+INSERT INTO servicetitan.invoices AS t (environment, tenant_id, id, customer_id, reference_number,
+    invoice_date, due_date, sub_total, sales_tax, total, balance, job_id, business_unit_id, active,
+    created_on, modified_on, payload)
+SELECT $1, $2, s.id, s.customer_id, s.reference_number, s.invoice_date, s.due_date, s.sub_total,
+       s.sales_tax, s.total, s.balance, s.job_id, s.business_unit_id, s.active, s.created_on,
+       s.modified_on, s.payload
+FROM pg_temp.stsync_stage_invoices s
+ON CONFLICT (environment, tenant_id, id) DO UPDATE SET
+    customer_id = excluded.customer_id, reference_number = excluded.reference_number,
+    invoice_date = excluded.invoice_date, due_date = excluded.due_date,
+    sub_total = excluded.sub_total, sales_tax = excluded.sales_tax, total = excluded.total,
+    balance = excluded.balance, job_id = excluded.job_id,
+    business_unit_id = excluded.business_unit_id, active = excluded.active,
+    created_on = excluded.created_on, modified_on = excluded.modified_on,
+    payload = excluded.payload, synced_at = now()
+WHERE t.modified_on IS DISTINCT FROM excluded.modified_on
+   OR t.active IS DISTINCT FROM excluded.active
+   OR t.payload IS DISTINCT FROM excluded.payload;

@@ -1,0 +1,511 @@
+"""`synchronize()`: one (credential, data type) from its cursor to the end of the export.
+
+Each batch of pages is written in one transaction together with the cursor that follows it and the
+sync log's counters, so a sync killed at any instant resumes exactly after its last committed batch.
+A session advisory lock per (environment, tenant, data type), held on the sync's own connection,
+keeps two syncs of the same data apart across processes and hosts; PostgreSQL drops it if we die.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import asyncpg
+from pydantic import SecretStr
+
+from ..enums import CredentialStatus, DataType, ErrorCategory, SyncMode, SyncStatus, Trigger
+from ..errors import (
+    ConflictError,
+    DatabaseError,
+    InvalidCredentialsError,
+    StsyncError,
+    SyncTimeoutError,
+)
+from ..logs import log_event
+from ..servicetitan import ExportPage, ExportTokenInvalidError, ServiceTitanClient
+from ..store.credentials import Credential, CredentialStore
+from ..store.db import DB_ERRORS, describe_db_error
+from ..store.sql import QUERIES
+from .records import Batch, new_batch
+
+logger = logging.getLogger(__name__)
+
+# How far before the last committed modification a restart by date begins: late-arriving updates.
+RESTART_LOOKBACK = timedelta(minutes=30)
+_PREFETCH_PAGES = 4
+
+
+class SyncAlreadyRunning(ConflictError):
+    """Another sync of the same (environment, tenant, data type) holds the lock."""
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """One sync to perform."""
+
+    credential: Credential
+    data_type: DataType
+    mode: SyncMode = SyncMode.INCREMENTAL
+    trigger: Trigger = Trigger.MANUAL
+    run_id: uuid.UUID | None = None
+    retry_of: uuid.UUID | None = None
+    attempt: int = 1
+    timeout_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class SyncProgress:
+    """Emitted after each committed batch and at the end."""
+
+    sync_id: uuid.UUID
+    credential_id: uuid.UUID
+    company_name: str
+    environment: str
+    data_type: DataType
+    pages: int
+    records_processed: int
+    records_successful: int
+    records_failed: int
+    elapsed_seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Records per second so far."""
+        return self.records_processed / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+
+@dataclass
+class SyncResult:
+    """How a sync ended."""
+
+    sync_id: uuid.UUID
+    request: SyncRequest
+    status: SyncStatus
+    started_at: datetime
+    completed_at: datetime | None = None
+    records_processed: int = 0
+    records_successful: int = 0
+    records_failed: int = 0
+    pages: int = 0
+    error_category: ErrorCategory | None = None
+    error_message: str | None = None
+
+    @property
+    def duration_seconds(self) -> float:
+        if self.completed_at is None:
+            return 0.0
+        return (self.completed_at - self.started_at).total_seconds()
+
+
+@dataclass
+class SyncControl:
+    """Lets the runner say why it cancels a sync, so the log tells `cancelled` from `interrupted`."""
+
+    cancel_status: SyncStatus = SyncStatus.CANCELLED
+    sync_id: uuid.UUID | None = None
+    last_progress: SyncProgress | None = field(default=None)
+
+
+ProgressCallback = Callable[[SyncProgress], Awaitable[None] | None]
+
+
+def lock_key_sql() -> str:
+    """One bigint per (environment, tenant, data type) for `pg_try_advisory_lock`."""
+    return "SELECT pg_try_advisory_lock(hashtextextended($1, 7321))"
+
+
+def _lock_name(credential: Credential, data_type: DataType) -> str:
+    return f"stsync:{credential.environment}:{credential.tenant_id}:{data_type}"
+
+
+def classify(exc: BaseException) -> tuple[ErrorCategory, str]:
+    """The sync log's category and an operator-facing, secret-free message."""
+    if isinstance(exc, StsyncError):
+        return exc.category, str(exc) or type(exc).__name__
+    if isinstance(exc, DB_ERRORS):
+        return ErrorCategory.DATABASE, f"database error: {describe_db_error(exc)}"
+    return ErrorCategory.UNEXPECTED, f"unexpected {type(exc).__name__}: {exc}"
+
+
+class SyncEngine:
+    """Runs syncs; shared by every run of the daemon."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        client: ServiceTitanClient,
+        credentials: CredentialStore,
+        *,
+        app_key: SecretStr | None,
+        commit_batch_records: int = 5000,
+        instance: str | None = None,
+    ) -> None:
+        self._pool = pool
+        self._client = client
+        self._credentials = credentials
+        self._app_key = app_key
+        self._batch_records = commit_batch_records
+        self._instance = instance
+
+    async def synchronize(
+        self,
+        request: SyncRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        control: SyncControl | None = None,
+    ) -> SyncResult:
+        """Sync one (credential, data type); never raises for a failed sync, only returns it.
+
+        Raises `SyncAlreadyRunning` when the same data is being synced elsewhere, `DatabaseError`
+        when the sync log itself cannot be written, and re-raises cancellation after logging it.
+        """
+        control = control or SyncControl()
+        credential = request.credential
+        try:
+            conn: asyncpg.Connection = await self._pool.acquire()
+        except DB_ERRORS as exc:
+            raise DatabaseError(f"cannot reach PostgreSQL: {describe_db_error(exc)}") from None
+        locked = False
+        try:
+            try:
+                locked = bool(
+                    await conn.fetchval(lock_key_sql(), _lock_name(credential, request.data_type))
+                )
+                if not locked:
+                    raise SyncAlreadyRunning(
+                        f"{request.data_type} of {credential.company_name} "
+                        f"({credential.environment}, tenant {credential.tenant_id}) "
+                        "is already being synced"
+                    )
+                cursor = await conn.fetchrow(
+                    QUERIES["select_cursor"], credential.id, request.data_type.value
+                )
+                start = None
+                if request.mode is SyncMode.INCREMENTAL and cursor is not None:
+                    start = cursor["continue_from"]
+                sync_id = uuid.uuid4()
+                started_at: datetime = await conn.fetchval(
+                    QUERIES["insert_sync"],
+                    sync_id,
+                    request.run_id,
+                    credential.id,
+                    request.data_type.value,
+                    request.trigger.value,
+                    request.mode.value,
+                    request.retry_of,
+                    request.attempt,
+                    "token" if start else "beginning",
+                    self._instance,
+                )
+            except DB_ERRORS as exc:
+                raise DatabaseError(f"cannot start sync: {describe_db_error(exc)}") from None
+            control.sync_id = sync_id
+            result = SyncResult(sync_id, request, SyncStatus.RUNNING, started_at)
+            log_event(
+                logger,
+                logging.INFO,
+                "sync.started",
+                sync_id=sync_id,
+                run_id=request.run_id,
+                credential_id=credential.id,
+                company=credential.company_name,
+                environment=credential.environment,
+                data_type=request.data_type,
+                mode=request.mode,
+                trigger=request.trigger,
+                resume=bool(start),
+            )
+            await self._run_guarded(conn, request, result, start, cursor, progress, control)
+            return result
+        finally:
+            if locked and not conn.is_closed():
+                with contextlib.suppress(*DB_ERRORS):
+                    await conn.execute("SELECT pg_advisory_unlock_all()")
+            with contextlib.suppress(*DB_ERRORS):
+                await self._pool.release(conn)
+
+    async def _run_guarded(
+        self,
+        conn: asyncpg.Connection,
+        request: SyncRequest,
+        result: SyncResult,
+        start: str | None,
+        cursor: asyncpg.Record | None,
+        progress: ProgressCallback | None,
+        control: SyncControl,
+    ) -> None:
+        clock0 = time.monotonic()
+        status = SyncStatus.COMPLETED
+        category: ErrorCategory | None = None
+        message: str | None = None
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            await asyncio.wait_for(
+                self._copy(conn, request, result, start, cursor, progress, clock0),
+                timeout=request.timeout_seconds,
+            )
+        except TimeoutError:
+            status = SyncStatus.TIMED_OUT
+            category, message = classify(
+                SyncTimeoutError(
+                    f"stopped after its {request.timeout_seconds:g} s limit with "
+                    f"{result.records_processed} records committed; the next sync resumes there"
+                )
+            )
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+            status = control.cancel_status
+            category = ErrorCategory.UNEXPECTED if status is SyncStatus.INTERRUPTED else None
+            message = (
+                "the daemon stopped during this sync; the next sync resumes from its last "
+                "committed page"
+                if status is SyncStatus.INTERRUPTED
+                else "cancelled by an operator; the next sync resumes from its last committed page"
+            )
+        except Exception as exc:
+            status = SyncStatus.FAILED
+            category, message = classify(exc)
+            if category is ErrorCategory.UNEXPECTED:
+                logger.critical("sync.crashed", exc_info=exc)
+        await self._finish(conn, request, result, status, category, message)
+        if status is SyncStatus.COMPLETED:
+            if request.credential.status is CredentialStatus.ERROR:
+                with contextlib.suppress(*DB_ERRORS):
+                    await self._credentials.mark_ok(request.credential.id)
+        elif category is ErrorCategory.AUTH:
+            with contextlib.suppress(*DB_ERRORS):
+                await self._credentials.set_status(
+                    request.credential.id, CredentialStatus.ERROR, message
+                )
+        if progress is not None:
+            event = self._progress_event(request, result, time.monotonic() - clock0)
+            control.last_progress = event
+            outcome = progress(event)
+            if outcome is not None:
+                await outcome
+        if cancelled is not None:
+            raise cancelled
+
+    async def _finish(
+        self,
+        conn: asyncpg.Connection,
+        request: SyncRequest,
+        result: SyncResult,
+        status: SyncStatus,
+        category: ErrorCategory | None,
+        message: str | None,
+    ) -> None:
+        result.status, result.error_category, result.error_message = status, category, message
+        args = (result.sync_id, status.value, category.value if category else None, message)
+        try:
+            try:
+                if conn.is_in_transaction():
+                    # A cancellation can land mid-transaction; roll it back before logging.
+                    await conn.execute("ROLLBACK")
+                row = await conn.fetchrow(QUERIES["finish_sync"], *args)
+            except DB_ERRORS:
+                # The sync's own connection may be broken (cancelled mid-query): use another one
+                # and drop this one, which also releases its lock.
+                conn.terminate()
+                row = await self._pool.fetchrow(QUERIES["finish_sync"], *args)
+        except DB_ERRORS as exc:
+            result.status = SyncStatus.FAILED if status is SyncStatus.COMPLETED else status
+            result.error_category = ErrorCategory.DATABASE
+            result.error_message = f"could not record the sync's end: {describe_db_error(exc)}"
+            log_event(
+                logger,
+                logging.ERROR,
+                "sync.unrecorded",
+                sync_id=result.sync_id,
+                error=result.error_message,
+            )
+            return
+        if row is not None:
+            result.completed_at = row["completed_at"]
+            result.records_processed = row["records_processed"]
+            result.records_successful = row["records_successful"]
+            result.records_failed = row["records_failed"]
+            result.pages = row["pages"]
+        level = logging.INFO if status is SyncStatus.COMPLETED else logging.WARNING
+        credential = request.credential
+        log_event(
+            logger,
+            level,
+            f"sync.{status.value}",
+            sync_id=result.sync_id,
+            run_id=request.run_id,
+            credential_id=credential.id,
+            company=credential.company_name,
+            environment=credential.environment,
+            data_type=request.data_type,
+            records=result.records_processed,
+            failed=result.records_failed,
+            pages=result.pages,
+            seconds=round(result.duration_seconds, 3),
+            error_category=category,
+            error=message,
+        )
+
+    async def _copy(
+        self,
+        conn: asyncpg.Connection,
+        request: SyncRequest,
+        result: SyncResult,
+        start: str | None,
+        cursor: asyncpg.Record | None,
+        progress: ProgressCallback | None,
+        clock0: float,
+    ) -> None:
+        access = await self._credentials.access(request.credential, self._app_key)
+        tenant = self._client.tenant(access)
+        shape = new_batch(request.data_type).shape
+        await conn.execute(QUERIES[shape.create_stage])
+        try:
+            async with contextlib.aclosing(self._batches(tenant, request.data_type, start)) as it:
+                async for batch in it:
+                    await self._commit(conn, request, result, batch)
+                    if progress is not None:
+                        outcome = progress(
+                            self._progress_event(request, result, time.monotonic() - clock0)
+                        )
+                        if outcome is not None:
+                            await outcome
+        except ExportTokenInvalidError:
+            if start is None or cursor is None:
+                raise
+            # The stored token expired: restart by date, a little before what we committed.
+            restart_at = cursor["max_modified_on"]
+            restart = (
+                (restart_at - RESTART_LOOKBACK).strftime("%Y-%m-%dT%H:%M:%SZ")
+                if restart_at
+                else None
+            )
+            log_event(
+                logger,
+                logging.WARNING,
+                "sync.cursor_expired",
+                sync_id=result.sync_id,
+                credential_id=request.credential.id,
+                data_type=request.data_type,
+                restart_from=restart or "beginning",
+            )
+            async with contextlib.aclosing(
+                self._batches(tenant, request.data_type, restart)
+            ) as it:
+                async for batch in it:
+                    await self._commit(conn, request, result, batch)
+        if request.mode is SyncMode.FULL or start is None:
+            await conn.execute(
+                QUERIES["complete_cursor"],
+                request.credential.id,
+                request.data_type.value,
+                result.started_at,
+            )
+
+    async def _batches(
+        self, tenant: object, data_type: DataType, start: str | None
+    ) -> AsyncIterator[Batch]:
+        """Coalesce pages into batches while the next pages download (decode overlaps writes)."""
+        queue: asyncio.Queue[ExportPage | None] = asyncio.Queue(maxsize=_PREFETCH_PAGES)
+        export = tenant.export(data_type, start)  # type: ignore[attr-defined]
+
+        async def produce() -> None:
+            async for page in export:
+                await queue.put(page)
+            await queue.put(None)
+
+        producer = asyncio.create_task(produce(), name="stsync-export-prefetch")
+        try:
+            batch = new_batch(data_type)
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, producer}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter not in done:
+                    getter.cancel()
+                    producer.result()  # raises the export's error
+                    continue
+                page = getter.result()
+                if page is None:
+                    break
+                batch.add_page(page.records, page.continue_from)
+                if batch.size >= self._batch_records:
+                    yield batch
+                    batch = new_batch(data_type)
+            if batch.pages:
+                yield batch
+        finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await producer
+
+    async def _commit(
+        self, conn: asyncpg.Connection, request: SyncRequest, result: SyncResult, batch: Batch
+    ) -> None:
+        credential = request.credential
+        shape = batch.shape
+        failed = len(batch.rejected)
+        async with conn.transaction():
+            if batch.rows:
+                await conn.copy_records_to_table(
+                    shape.stage_table, records=batch.rows.values(), columns=shape.columns
+                )
+                await conn.execute(
+                    QUERIES[shape.merge], credential.environment.value, credential.tenant_id
+                )
+            if batch.rejected:
+                await conn.execute(
+                    QUERIES["insert_dead_letters"],
+                    result.sync_id,
+                    credential.id,
+                    credential.environment.value,
+                    credential.tenant_id,
+                    request.data_type.value,
+                    [r.record_id for r in batch.rejected],
+                    [r.reason for r in batch.rejected],
+                    [r.payload for r in batch.rejected],
+                )
+            await conn.execute(
+                QUERIES["upsert_cursor"],
+                credential.id,
+                request.data_type.value,
+                batch.continue_from,
+                batch.max_modified,
+            )
+            await conn.execute(
+                QUERIES["sync_page_committed"],
+                result.sync_id,
+                batch.processed,
+                batch.processed - failed,
+                failed,
+                batch.pages,
+            )
+        result.records_processed += batch.processed
+        result.records_successful += batch.processed - failed
+        result.records_failed += failed
+        result.pages += batch.pages
+
+    def _progress_event(
+        self, request: SyncRequest, result: SyncResult, elapsed: float
+    ) -> SyncProgress:
+        return SyncProgress(
+            sync_id=result.sync_id,
+            credential_id=request.credential.id,
+            company_name=request.credential.company_name,
+            environment=request.credential.environment.value,
+            data_type=request.data_type,
+            pages=result.pages,
+            records_processed=result.records_processed,
+            records_successful=result.records_successful,
+            records_failed=result.records_failed,
+            elapsed_seconds=elapsed,
+        )
