@@ -1,0 +1,1 @@
+"""The daemon process: life cycle, scheduler, runs, control server and systemd integration."""
