@@ -19,7 +19,8 @@ class RateLimiter:
     def __init__(self, requests_per_second: float, *, clock: Clock, sleep: Sleep) -> None:
         if requests_per_second <= 0:
             raise ValueError("requests_per_second must be positive")
-        self._interval = 1.0 / requests_per_second
+        # A hair over 1/rate, so float rounding never fits rate + 1 requests into one second.
+        self._interval = (1.0 + 1e-9) / requests_per_second
         self._clock = clock
         self._sleep = sleep
         self._next = -math.inf
