@@ -340,7 +340,7 @@ class ServiceTitanClient:
                         limiter.hold_until(self._clock() + delay)
                 log_event(
                     _log,
-                    logging.WARNING,
+                    logging.INFO,
                     "servicetitan.retry",
                     credential_id=access.credential_id,
                     environment=env.value,
