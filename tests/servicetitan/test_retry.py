@@ -120,6 +120,9 @@ async def test_transient_failures_are_retried_with_backoff(
     assert [r for _, r in recorder.retries] == [reason, reason]
     assert len(clock.sleeps) == 2
     assert 0.5 <= clock.sleeps[0] <= 1.0 and 1.0 <= clock.sleeps[1] <= 2.0  # doubling, jittered
+    statuses = [status for _, endpoint, status in recorder.requests if endpoint != "token"]
+    expected = None if isinstance(answer, BaseException) else answer["status"]  # type: ignore[index]
+    assert statuses == [expected, expected, 200]
 
 
 def exhaust_config(**kw: float) -> ServiceTitanConfig:
