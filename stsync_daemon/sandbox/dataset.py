@@ -1,0 +1,380 @@
+"""One tenant's customers or invoices: a generated base plus the mutations made since start.
+
+Order is by (modifiedOn, id). Base records get increasing modifiedOn in id order, and every mutation gets a
+modifiedOn later than anything before it, so the export order is "untouched base records by index, then
+the mutation log" — found by binary search, with no per-record state except the overrides.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import hashlib
+import random
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..enums import DataType, Environment
+from .clock import TICKS_PER_MS, format_ticks, parse_datetime
+from .records import (
+    CUSTOMER_ID_BASE,
+    INVOICE_ID_BASE,
+    MASK64,
+    mix,
+    render_customer,
+    render_invoice,
+)
+from .truth import combine, format_digest, row_hash
+
+BASE_START = parse_datetime("2018-01-01T00:00:00Z")
+BASE_END = parse_datetime("2025-01-01T00:00:00Z")
+_SPAN_MS = (BASE_END - BASE_START) // TICKS_PER_MS
+_CREATED_LAG_MS = 400 * 86_400 * 1000
+
+Key = tuple[int, int]
+"""A position in export order: (modifiedOn ticks, id); a page starts after a key."""
+
+START_KEY: Key = (-(2**62), -1)
+
+
+class InvalidToken(ValueError):
+    """A `from` value that is neither a date nor a live continuation token of this export."""
+
+
+@dataclass(slots=True)
+class Override:
+    """What a mutation changed: the record's place in the log, its time, status and version."""
+
+    seq: int
+    ticks: int
+    active: bool
+    version: int
+    created_ticks: int
+
+
+def salt_for(seed: int, tenant_id: int, data_type: DataType) -> int:
+    """The hash salt of one data set: same seed and tenant → same records."""
+    kind = 1 if data_type is DataType.CUSTOMERS else 2
+    return mix((seed * 0x100000001B3 ^ tenant_id * 0x9E3779B1 ^ kind * 0x85EBCA77) & MASK64)
+
+
+_ENV_CODE = {Environment.INTEGRATION: 1, Environment.PRODUCTION: 2}
+_TYPE_CODE = {DataType.CUSTOMERS: 1, DataType.INVOICES: 2}
+_TOKEN = struct.Struct(">BBBqqqI")
+
+
+class Dataset:
+    """Customers or invoices of one tenant in one environment."""
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        tenant_id: int,
+        environment: Environment,
+        data_type: DataType,
+        count: int,
+        customers: int = 0,
+        clock: Callable[[], int],
+    ) -> None:
+        self.seed = seed
+        self.tenant_id = tenant_id
+        self.environment = environment
+        self.data_type = data_type
+        self.base_count = count
+        self.created = 0
+        self.overrides: dict[int, Override] = {}
+        self.log_ticks: list[int] = []
+        self.log_ids: list[int] = []
+        self.generation = 0
+        self.epoch = 0
+        self._clock = clock
+        self._salt = salt_for(seed, tenant_id, data_type)
+        self._customer_salt = salt_for(seed, tenant_id, DataType.CUSTOMERS)
+        self._customers = customers
+        self._id_base = CUSTOMER_ID_BASE if data_type is DataType.CUSTOMERS else INVOICE_ID_BASE
+        self._inactive_per_mille = 40 if data_type is DataType.CUSTOMERS else 20
+        self._rng = random.Random(mix(self._salt ^ 0x5EED))
+        self._base_digest: int | None = None
+        self._base_active_count = 0
+
+    # --- identity of records -------------------------------------------------------------------
+
+    @property
+    def total(self) -> int:
+        """Records that exist now, active or not."""
+        return self.base_count + self.created
+
+    def id_at(self, index: int) -> int:
+        """The id of the record at an index (ids are dense from the data type's base)."""
+        return self._id_base + 1 + index
+
+    def index_of(self, record_id: int) -> int | None:
+        """The index of an id, or None if no such record exists."""
+        index = record_id - self._id_base - 1
+        return index if 0 <= index < self.total else None
+
+    def _base_ticks(self, index: int) -> int:
+        h = mix(self._salt ^ (index + 0xBA5E))
+        bucket = index * _SPAN_MS // self.base_count
+        width = max(1, (index + 1) * _SPAN_MS // self.base_count - bucket)
+        ms = bucket + h % width
+        sub = (h >> 40) % TICKS_PER_MS if (h >> 33) & 1 else 0
+        return BASE_START + ms * TICKS_PER_MS + sub
+
+    def _base_key(self, index: int) -> Key:
+        return (self._base_ticks(index), self._id_base + 1 + index)
+
+    def _base_active(self, index: int) -> bool:
+        return mix(self._salt ^ (index + 0xAC71)) % 1000 >= self._inactive_per_mille
+
+    def _base_created(self, index: int, modified: int) -> int:
+        lag = mix(self._salt ^ (index + 0xC4EA)) % _CREATED_LAG_MS
+        return max(BASE_START, (modified // TICKS_PER_MS - lag) * TICKS_PER_MS)
+
+    def state(self, record_id: int) -> tuple[int, bool, int, int]:
+        """(modifiedOn ticks, active, version, createdOn ticks) of an existing id."""
+        override = self.overrides.get(record_id)
+        if override is not None:
+            return override.ticks, override.active, override.version, override.created_ticks
+        index = record_id - self._id_base - 1
+        ticks = self._base_ticks(index)
+        return ticks, self._base_active(index), 0, self._base_created(index, ticks)
+
+    def render(self, record_id: int) -> dict[str, Any]:
+        """The record as served now."""
+        ticks, active, version, created = self.state(record_id)
+        if self.data_type is DataType.CUSTOMERS:
+            return render_customer(self._salt, record_id, version, ticks, created, active)
+        return render_invoice(
+            self._salt,
+            record_id,
+            version,
+            ticks,
+            created,
+            active,
+            self._customer_salt,
+            self._customers,
+        )
+
+    # --- export order --------------------------------------------------------------------------
+
+    def page_after(self, key: Key, limit: int, cutoff: int | None = None) -> tuple[list[int], bool]:
+        """Up to `limit` ids after `key` in (modifiedOn, id) order, and whether more are visible.
+
+        Records modified after `cutoff` (ticks) are not visible yet.
+        """
+        out: list[int] = []
+        want = limit + 1
+        overrides = self.overrides
+        n = self.base_count
+        if n:
+            index = bisect.bisect_right(range(n), key, key=self._base_key)
+            id_base = self._id_base + 1
+            while index < n and len(out) < want:
+                record_id = id_base + index
+                if record_id not in overrides:
+                    if cutoff is not None and self._base_ticks(index) > cutoff:
+                        return out[:limit], False
+                    out.append(record_id)
+                index += 1
+        if len(out) < want and self.log_ticks:
+            log_ticks, log_ids = self.log_ticks, self.log_ids
+            j = bisect.bisect_left(log_ticks, key[0])
+            if j < len(log_ticks) and log_ticks[j] == key[0] and log_ids[j] <= key[1]:
+                j += 1
+            while j < len(log_ticks) and len(out) < want:
+                if cutoff is not None and log_ticks[j] > cutoff:
+                    return out[:limit], False
+                record_id = log_ids[j]
+                if overrides[record_id].seq == j:
+                    out.append(record_id)
+                j += 1
+        return out[:limit], len(out) > limit
+
+    def key_of(self, record_id: int) -> Key:
+        """The export position of an existing id."""
+        return (self.state(record_id)[0], record_id)
+
+    def iter_by_modified(self, reverse: bool = False) -> Iterator[int]:
+        """Every id in export order (or its reverse)."""
+        overrides = self.overrides
+        if not reverse:
+            for index in range(self.base_count):
+                record_id = self._id_base + 1 + index
+                if record_id not in overrides:
+                    yield record_id
+            for j, record_id in enumerate(self.log_ids):
+                if overrides[record_id].seq == j:
+                    yield record_id
+            return
+        for j in range(len(self.log_ids) - 1, -1, -1):
+            record_id = self.log_ids[j]
+            if overrides[record_id].seq == j:
+                yield record_id
+        for index in range(self.base_count - 1, -1, -1):
+            record_id = self._id_base + 1 + index
+            if record_id not in overrides:
+                yield record_id
+
+    def iter_by_id(self, reverse: bool = False) -> Iterator[int]:
+        """Every id in id order (also createdOn order: new records get the newest createdOn)."""
+        ids = range(self._id_base + 1, self._id_base + 1 + self.total)
+        return iter(reversed(ids) if reverse else ids)
+
+    # --- continuation tokens -------------------------------------------------------------------
+
+    def encode_token(self, key: Key) -> str:
+        """An opaque token for "after `key`", bound to this export and its current epoch."""
+        raw = _TOKEN.pack(
+            1,
+            _ENV_CODE[self.environment],
+            _TYPE_CODE[self.data_type],
+            self.tenant_id,
+            key[0],
+            key[1],
+            self.epoch,
+        )
+        check = hashlib.blake2b(raw, digest_size=6, key=b"stsync-sandbox").digest()
+        return base64.urlsafe_b64encode(raw + check).decode().rstrip("=")
+
+    def decode_from(self, value: str | None) -> Key:
+        """The position a `from` parameter means: start, a date (modifiedOn ≥ it), or a token."""
+        if value is None or value == "":
+            return START_KEY
+        try:
+            return (parse_datetime(value) - 1, 2**62)
+        except ValueError:
+            pass
+        try:
+            blob = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        except ValueError:
+            raise InvalidToken(value) from None
+        raw, check = blob[: _TOKEN.size], blob[_TOKEN.size :]
+        if (
+            len(raw) != _TOKEN.size
+            or check != hashlib.blake2b(raw, digest_size=6, key=b"stsync-sandbox").digest()
+        ):
+            raise InvalidToken(value)
+        version, env, kind, tenant, ticks, record_id, epoch = _TOKEN.unpack(raw)
+        if (
+            version != 1
+            or env != _ENV_CODE[self.environment]
+            or kind != _TYPE_CODE[self.data_type]
+            or tenant != self.tenant_id
+            or epoch != self.epoch
+        ):
+            raise InvalidToken(value)
+        return (ticks, record_id)
+
+    # --- mutations -----------------------------------------------------------------------------
+
+    def _log(self, record_id: int, active: bool, *, new: bool = False) -> None:
+        ticks = self._clock()
+        previous = self.overrides.get(record_id)
+        if previous is not None:
+            version, created = previous.version + 1, previous.created_ticks
+        elif new:
+            version, created = 0, ticks
+        else:
+            index = record_id - self._id_base - 1
+            version, created = 1, self._base_created(index, self._base_ticks(index))
+        self.overrides[record_id] = Override(len(self.log_ids), ticks, active, version, created)
+        self.log_ticks.append(ticks)
+        self.log_ids.append(record_id)
+        self.generation += 1
+
+    def _random_id(self) -> int:
+        return self._id_base + 1 + self._rng.randrange(self.total)
+
+    def modify(self, count: int) -> list[int]:
+        """Change a field of `count` random records (active or not), each with a new modifiedOn."""
+        ids: list[int] = []
+        for _ in range(count if self.total else 0):
+            record_id = self._random_id()
+            self._log(record_id, self.state(record_id)[1])
+            ids.append(record_id)
+        return ids
+
+    def deactivate(self, count: int) -> list[int]:
+        """Set active=false on up to `count` random active records."""
+        ids: list[int] = []
+        for _ in range(count if self.total else 0):
+            for _attempt in range(50):
+                record_id = self._random_id()
+                if self.state(record_id)[1]:
+                    self._log(record_id, False)
+                    ids.append(record_id)
+                    break
+        return ids
+
+    def create(self, count: int) -> list[int]:
+        """Append `count` new active records with new ids."""
+        ids: list[int] = []
+        for _ in range(count):
+            record_id = self._id_base + 1 + self.total
+            self.created += 1
+            self._log(record_id, True, new=True)
+            ids.append(record_id)
+        return ids
+
+    def mutate_randomly(self) -> None:
+        """One background change: 70% modify, 10% deactivate, 20% create."""
+        draw = self._rng.random()
+        if draw < 0.7:
+            self.modify(1)
+        elif draw < 0.8:
+            self.deactivate(1)
+        else:
+            self.create(1)
+
+    def invalidate_tokens(self) -> None:
+        """Continuation tokens issued so far stop working."""
+        self.epoch += 1
+        self.generation += 1
+
+    # --- ground truth --------------------------------------------------------------------------
+
+    def rows(self) -> Iterator[tuple[int, str, bool]]:
+        """(id, modifiedOn as served, active) of every record."""
+        for record_id in self.iter_by_id():
+            ticks, active, _, _ = self.state(record_id)
+            yield record_id, format_ticks(ticks), active
+
+    def truth(self) -> tuple[int, int, str, str | None]:
+        """(count, active count, digest, max modifiedOn) without regenerating untouched records twice."""
+        if self._base_digest is None:
+            hashes = []
+            active = 0
+            for index in range(self.base_count):
+                ticks = self._base_ticks(index)
+                is_active = self._base_active(index)
+                active += is_active
+                hashes.append(row_hash(self.id_at(index), format_ticks(ticks), is_active))
+            self._base_digest = combine(hashes)
+            self._base_active_count = active
+        total = self._base_digest
+        active = self._base_active_count
+        for record_id, override in self.overrides.items():
+            index = record_id - self._id_base - 1
+            if index < self.base_count:
+                base_ticks = self._base_ticks(index)
+                base_active = self._base_active(index)
+                total -= row_hash(record_id, format_ticks(base_ticks), base_active)
+                active -= base_active
+            total += row_hash(record_id, format_ticks(override.ticks), override.active)
+            active += override.active
+        if self.log_ticks:
+            max_ticks: int | None = self.log_ticks[-1]
+        elif self.base_count:
+            max_ticks = self._base_ticks(self.base_count - 1)
+        else:
+            max_ticks = None
+        return (
+            self.total,
+            active,
+            format_digest(total),
+            None if max_ticks is None else format_ticks(max_ticks),
+        )

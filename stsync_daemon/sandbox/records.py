@@ -1,0 +1,439 @@
+"""Deterministic ServiceTitan-shaped records, generated on demand from (seed, tenant, id, version).
+
+Nothing is stored per record: a 64-bit hash of the record's identity picks every field from small pools,
+so a data set of millions costs no memory and the same seed always yields the same bytes.
+Shapes follow `Crm.V2.ExportCustomerResponse` and `Accounting.V2.ExportInvoiceResponse`, including the
+real-data deviations the sync must survive: about 1.5% each of customer `type`, `address.country` and
+`externalData` are `null` although the spec requires them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .clock import format_ticks
+
+MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def mix(value: int) -> int:
+    """splitmix64's finaliser: a fast, well-spread 64-bit hash of an integer."""
+    x = (value + _GOLDEN) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+_FIRST = [
+    "James",
+    "Mary",
+    "Robert",
+    "Patricia",
+    "John",
+    "Jennifer",
+    "Michael",
+    "Linda",
+    "David",
+    "Elizabeth",
+    "William",
+    "Barbara",
+    "Richard",
+    "Susan",
+    "Joseph",
+    "Jessica",
+    "Thomas",
+    "Sarah",
+    "Charles",
+    "Karen",
+    "Christopher",
+    "Lisa",
+    "Daniel",
+    "Nancy",
+    "Matthew",
+    "Betty",
+    "Anthony",
+    "Sandra",
+    "Mark",
+    "Margaret",
+    "Donald",
+    "Ashley",
+    "Steven",
+    "Kimberly",
+    "Andrew",
+    "Emily",
+    "Paul",
+    "Donna",
+    "Joshua",
+    "Michelle",
+]
+_LAST = [
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Hernandez",
+    "Lopez",
+    "Gonzalez",
+    "Wilson",
+    "Anderson",
+    "Thomas",
+    "Taylor",
+    "Moore",
+    "Jackson",
+    "Martin",
+    "Lee",
+    "Perez",
+    "Thompson",
+    "White",
+    "Harris",
+    "Sanchez",
+    "Clark",
+    "Ramirez",
+    "Lewis",
+    "Robinson",
+    "Walker",
+    "Young",
+    "Allen",
+    "King",
+    "Wright",
+    "Scott",
+    "Torres",
+    "Nguyen",
+    "Hill",
+    "Flores",
+]
+_COMPANY = (
+    "Plumbing",
+    "Heating & Air",
+    "Property Management",
+    "Dental Group",
+    "Holdings LLC",
+    "Restaurant Group",
+    "Realty",
+    "Construction Inc",
+    "Medical Center",
+    "Self Storage",
+)
+_STREETS = (
+    "Oak",
+    "Maple",
+    "Cedar",
+    "Pine",
+    "Elm",
+    "Washington",
+    "Lake",
+    "Hill",
+    "Sunset",
+    "Park",
+    "Main",
+    "Church",
+    "Highland",
+    "Willow",
+    "Meadow",
+    "River",
+    "Forest",
+    "Spring",
+    "Ridge",
+    "Valley",
+)
+_STREET_TYPES = ("St", "Ave", "Blvd", "Dr", "Ln", "Rd", "Ct", "Way")
+# city, state, zip prefix, latitude, longitude
+_CITIES = (
+    ("Dallas", "TX", "752", 32.7767, -96.797),
+    ("Austin", "TX", "787", 30.2672, -97.7431),
+    ("Phoenix", "AZ", "850", 33.4484, -112.074),
+    ("Denver", "CO", "802", 39.7392, -104.9903),
+    ("Atlanta", "GA", "303", 33.749, -84.388),
+    ("Orlando", "FL", "328", 28.5383, -81.3792),
+    ("Charlotte", "NC", "282", 35.2271, -80.8431),
+    ("Nashville", "TN", "372", 36.1627, -86.7816),
+    ("Sacramento", "CA", "958", 38.5816, -121.4944),
+    ("Glendale", "CA", "912", 34.1425, -118.255),
+    ("Columbus", "OH", "432", 39.9612, -82.9988),
+    ("Las Vegas", "NV", "891", 36.1699, -115.1398),
+    ("Portland", "OR", "972", 45.5152, -122.6784),
+    ("Tampa", "FL", "336", 27.9506, -82.4572),
+    ("Raleigh", "NC", "276", 35.7796, -78.6382),
+    ("Boise", "ID", "837", 43.615, -116.2023),
+)
+_LEAD_SOURCES = ("Google", "Yelp", "Referral", "Facebook", "Mailer", "Repeat", "Angi", "Radio")
+_SYSTEMS = ("Gas furnace", "Heat pump", "Boiler", "Mini split", "Tankless water heater", "Septic")
+_PREFERRED = ("Morning", "Afternoon", "Any time", "Call first")
+_NOTES = (
+    "Gate code on file",
+    "Dog in yard",
+    "Prefers text messages",
+    "Park on street",
+    "Annual maintenance plan",
+    "Ask for the owner",
+    "Second floor unit",
+    "Key under mat",
+)
+_TAGS = (1101, 1102, 1103, 1104, 1105, 1106, 1107, 1108, 1109, 1110, 1111, 1112)
+_UNITS = ("Apt 1", "Apt 2B", "Suite 100", "Unit 12", "#4", "Apt 305")
+_BUSINESS_UNITS = (
+    (201, "HVAC - Service"),
+    (202, "HVAC - Install"),
+    (203, "Plumbing - Service"),
+    (204, "Electrical - Service"),
+    (205, "Drains"),
+)
+_JOB_TYPES = ("Service Call", "Maintenance", "Install", "Repair", "Estimate", "Warranty")
+_SKUS = (
+    (5001, "Diagnostic Fee", "Service", "89.00"),
+    (5002, "Capacitor 45/5 MFD", "Material", "145.00"),
+    (5003, "Maintenance Visit", "Service", "129.00"),
+    (5004, "Drain Cleaning", "Service", "225.00"),
+    (5005, "Water Heater 50 gal", "Equipment", "1850.00"),
+    (5006, "Thermostat", "Material", "310.00"),
+    (5007, "Labor Hour", "Service", "120.00"),
+    (5008, "Member Discount", "PriceModifier", "-25.00"),
+)
+_REVIEW = ("NeedsReview", "Reviewed", "Invoiced", "ReadyForBilling", "OnHold")
+_SENT = ("NotSent", "Sent", "Opened")
+_CONFIG = ("JobInvoice", "JobInvoice", "JobInvoice", "ProjectInvoice", "MembershipInvoice")
+_TERMS = ("Due Upon Receipt", "Net 15", "Net 30")
+_EMPLOYEES = ((301, "Alex Rivera"), (302, "Sam Chen"), (303, "Jordan Patel"), (304, "Casey Brooks"))
+
+CUSTOMER_ID_BASE = 10_000_000
+INVOICE_ID_BASE = 50_000_000
+
+
+def customer_name(salt: int, record_id: int) -> str:
+    """The name of a customer; invoices use it too so that both data sets agree."""
+    h = mix(salt ^ record_id)
+    if h % 5 == 0:
+        return _COMPANY_NAMES[(h >> 3) % 400]
+    return _NAMES[(h >> 3) % 1600]
+
+
+def _money(cents: int) -> str:
+    sign = "-" if cents < 0 else ""
+    cents = abs(cents)
+    return f"{sign}{cents // 100}.{cents % 100:02d}"
+
+
+def _field_pool(
+    type_id: int, name: str, values: tuple[str | None, ...]
+) -> tuple[dict[str, Any], ...]:
+    # Shared, never mutated: orjson serialises the same dict object as often as it appears.
+    return tuple({"typeId": type_id, "name": name, "value": v} for v in values)
+
+
+_CF_SOURCE = _field_pool(2001, "Lead Source", _LEAD_SOURCES)
+_CF_SYSTEM = _field_pool(2002, "Equipment", _SYSTEMS)
+_CF_TIME = _field_pool(2003, "Preferred Time", _PREFERRED)
+_CF_NOTES = _field_pool(2004, "Access Notes", _NOTES)
+_CF_REFERRAL = _field_pool(2006, "Referral Code", (None, None, "FRIEND25", "SPRING10"))
+_CF_ZONE = _field_pool(2007, "Service Zone", tuple(f"Zone {k}" for k in range(1, 17)))
+_CF_SCORE = _field_pool(2008, "Last Survey Score", tuple(str(k) for k in range(11)) + ("",) * 5)
+_STREET_NAMES = tuple(f"{s} {t}" for s in _STREETS for t in _STREET_TYPES)
+_NAMES = tuple(f"{f} {last}" for last in _LAST for f in _FIRST)
+_COMPANY_NAMES = tuple(f"{last} {c}" for last in _LAST for c in _COMPANY)
+_TAG_SETS = tuple([_TAGS[(k * 7 + j * 5) % len(_TAGS)] for j in range(k % 4)] for k in range(64))
+# city, state, zip, latitude, longitude: 16 cities x 64 jittered points x 4 zips
+_PLACES = tuple(
+    (
+        city,
+        state,
+        f"{prefix}{(k * 37) % 100:02d}",
+        round(lat + (k * 53 % 64 - 32) / 900, 6),
+        round(lon + (k * 29 % 64 - 32) / 900, 6),
+    )
+    for city, state, prefix, lat, lon in _CITIES
+    for k in range(64)
+)
+
+
+def render_customer(
+    salt: int,
+    record_id: int,
+    version: int,
+    modified_ticks: int,
+    created_ticks: int,
+    active: bool,
+) -> dict[str, Any]:
+    """One customer as the export and list endpoints serve it (about 1 KB of JSON)."""
+    h = mix(salt ^ record_id)
+    h2 = mix(h)
+    hv = mix(h2 ^ (version * _GOLDEN & MASK64)) if version else h2
+    commercial = h % 5 == 0
+    name = _COMPANY_NAMES[(h >> 3) % 400] if commercial else _NAMES[(h >> 3) % 1600]
+    city, state, zip_code, lat, lon = _PLACES[(h >> 14) & 1023]
+    nulls = (h >> 24) % 1000
+    credit = float(((h >> 34) % 50 + 1) * 1000) if commercial else None
+    return {
+        "id": record_id,
+        "active": active,
+        "name": name,
+        "type": None if nulls < 15 else ("Commercial" if commercial else "Residential"),
+        "address": {
+            "street": f"{100 + (h >> 40) % 9800} {_STREET_NAMES[(h >> 54) % 160]}",
+            "unit": _UNITS[(h2 >> 3) % 6] if (h2 & 7) == 0 else None,
+            "city": city,
+            "state": state,
+            "zip": zip_code,
+            "country": None if 15 <= nulls < 30 else "USA",
+            "latitude": lat,
+            "longitude": lon,
+        },
+        "customFields": [
+            _CF_SOURCE[(h2 >> 6) & 7],
+            _CF_SYSTEM[(h2 >> 9) % 6],
+            _CF_TIME[(h2 >> 12) & 3],
+            _CF_NOTES[(hv >> 14) & 7],
+            {"typeId": 2005, "name": "Legacy Account", "value": f"LA-{(h2 >> 17) % 1_000_000:06d}"},
+            _CF_REFERRAL[(h2 >> 37) & 3],
+            _CF_ZONE[(h2 >> 39) & 15],
+            _CF_SCORE[(hv >> 43) & 15],
+        ],
+        "balance": ((hv >> 47) % 250_000) / 100 if (hv >> 30) % 3 == 0 else 0.0,
+        "taxExempt": commercial and (h2 >> 33) % 7 == 0,
+        "tagTypeIds": _TAG_SETS[(hv >> 24) & 63],
+        "doNotMail": (hv >> 20) % 9 == 0,
+        "doNotService": (h2 >> 50) % 50 == 0,
+        "nationalAccount": commercial and (h2 >> 56) % 11 == 0,
+        "createdOn": format_ticks(created_ticks),
+        "createdById": 100 + (h2 >> 58) % 40,
+        "modifiedOn": format_ticks(modified_ticks),
+        "mergedToId": None if active else CUSTOMER_ID_BASE + (h2 >> 20) % 1000,
+        "paymentTermId": 401 + (h2 >> 60) % 3 if commercial else None,
+        "creditLimit": credit,
+        "creditLimitBalance": credit,
+        "externalData": None
+        if 30 <= nulls < 45
+        else [
+            {"key": "crmId", "value": f"CRM-{record_id:09d}"},
+            {"key": "segment", "value": "B2B" if commercial else "B2C"},
+        ],
+    }
+
+
+def render_invoice(
+    salt: int,
+    record_id: int,
+    version: int,
+    modified_ticks: int,
+    created_ticks: int,
+    active: bool,
+    customer_salt: int,
+    customers: int,
+) -> dict[str, Any]:
+    """One invoice as the export and list endpoints serve it; money fields are strings."""
+    h = mix(salt ^ record_id)
+    h2 = mix(h)
+    hv = mix(h2 ^ (version * _GOLDEN & MASK64)) if version else h2
+    created = format_ticks(created_ticks)
+    modified = format_ticks(modified_ticks)
+    day_ticks = created_ticks - created_ticks % (86_400 * 10_000_000)
+    items = []
+    subtotal = 0
+    for k in range(1 + h % 3):
+        sku_id, sku_name, sku_type, price = _SKUS[(h >> (8 + 4 * k)) % len(_SKUS)]
+        qty = 1 + (h >> (20 + 2 * k)) % 3 if sku_type != "PriceModifier" else 1
+        price_cents = int(price.replace(".", ""))
+        total_cents = price_cents * qty
+        subtotal += total_cents
+        items.append(
+            {
+                "id": record_id * 10 + k,
+                "description": f"<p>{sku_name}</p>",
+                "quantity": f"{qty}.00",
+                "cost": _money(abs(price_cents) // 3),
+                "totalCost": _money(abs(price_cents) // 3 * qty),
+                "price": price,
+                "type": sku_type,
+                "skuName": sku_name,
+                "skuId": sku_id,
+                "total": _money(total_cents),
+                "inventory": sku_type in ("Material", "Equipment"),
+                "taxable": sku_type != "Service",
+                "isChargeable": True,
+                "membershipTypeId": 0,
+                "displayName": sku_name,
+                "soldHours": 1.5 if sku_type == "Service" else None,
+                "createdOn": created,
+                "modifiedOn": created,
+                "serviceDate": format_ticks(day_ticks),
+                "order": k + 1,
+                "addOn": False,
+            }
+        )
+    tax = subtotal * 825 // 10_000 if subtotal > 0 else 0
+    total = subtotal + tax
+    paid = total if (hv >> 10) % 3 else total // 2 * ((hv >> 14) % 2)
+    bu_id, bu_name = _BUSINESS_UNITS[(h2 >> 8) % len(_BUSINESS_UNITS)]
+    emp_id, emp_name = _EMPLOYEES[(h2 >> 12) % len(_EMPLOYEES)]
+    customer_id = CUSTOMER_ID_BASE + (h2 >> 16) % customers if customers else None
+    city, state, zip_prefix, _, _ = _CITIES[(h2 >> 40) % len(_CITIES)]
+    address = {
+        "street": f"{100 + (h2 >> 24) % 9800} {_STREETS[(h2 >> 36) % len(_STREETS)]} St",
+        "unit": None,
+        "city": city,
+        "state": state,
+        "zip": f"{zip_prefix}{(h2 >> 50) % 100:02d}",
+        "country": "USA",
+    }
+    return {
+        "id": record_id,
+        "syncStatus": "Pending" if (hv >> 20) % 4 else "Exported",
+        "summary": f"<p>{_JOB_TYPES[(h2 >> 28) % len(_JOB_TYPES)]} visit</p>",
+        "referenceNumber": str(record_id - INVOICE_ID_BASE + 100_000),
+        "invoiceDate": format_ticks(day_ticks),
+        "dueDate": format_ticks(day_ticks + 30 * 86_400 * 10_000_000),
+        "subTotal": _money(subtotal),
+        "salesTax": _money(tax),
+        "salesTaxCode": {"id": 601, "name": "State Sales Tax", "taxRate": 0.0825},
+        "total": _money(total),
+        "balance": _money(total - paid),
+        "discountTotal": "0.00",
+        "invoiceType": None,
+        "customer": None
+        if customer_id is None
+        else {"id": customer_id, "name": customer_name(customer_salt, customer_id)},
+        "customerAddress": address,
+        "location": None
+        if customer_id is None
+        else {"id": customer_id + 70_000_000, "name": "Home"},
+        "locationAddress": address,
+        "businessUnit": {"id": bu_id, "name": bu_name},
+        "termName": _TERMS[(h2 >> 30) % len(_TERMS)],
+        "createdBy": emp_name,
+        "batch": None
+        if (hv >> 22) % 3
+        else {"id": 7000 + (hv >> 24) % 50, "number": "B-1", "name": "Daily"},
+        "depositedOn": None,
+        "createdOn": created,
+        "modifiedOn": modified,
+        "adjustmentToId": None,
+        "job": {
+            "id": record_id + 30_000_000,
+            "number": str(record_id - INVOICE_ID_BASE + 500_000),
+            "type": _JOB_TYPES[(h2 >> 28) % len(_JOB_TYPES)],
+        },
+        "projectId": None,
+        "royalty": {"status": "Pending", "date": None, "sentOn": None, "memo": None},
+        "employeeInfo": {"id": emp_id, "name": emp_name, "modifiedOn": created},
+        "commissionEligibilityDate": None,
+        "sentStatus": _SENT[(hv >> 26) % len(_SENT)],
+        "reviewStatus": _REVIEW[(hv >> 28) % len(_REVIEW)],
+        "assignedTo": None,
+        "items": items,
+        "customFields": [{"name": "PO Number", "value": f"PO-{(h2 >> 44) % 100_000:05d}"}],
+        "active": active,
+        "invoiceConfiguration": _CONFIG[(h2 >> 56) % len(_CONFIG)],
+        "paidOn": None,
+        "importId": None,
+        "exportId": None,
+        "materialSkuId": None,
+        "membershipId": None,
+        "budgetCodeId": None,
+        "taxZoneId": None,
+    }
