@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .enums import DataTypeFilter, Environment
@@ -153,6 +162,17 @@ class SchedulerConfig(_Frozen):
     misfire_grace_seconds: Annotated[float, Field(gt=0)] = 300.0
 
 
+class ClusterConfig(_Frozen):
+    """Several daemons on one database behave as one service; a single one needs nothing here."""
+
+    instance: Annotated[str, Field(max_length=200)] = ""
+    orphan_sweep_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+    def instance_name(self) -> str:
+        """The configured name, else host name and process id (unique on a host)."""
+        return self.instance or f"{socket.gethostname()}:{os.getpid()}"
+
+
 class LoggingConfig(_Frozen):
     """Structured logs: JSON lines when not on a TTY."""
 
@@ -185,15 +205,23 @@ class ScheduleConfig(_Frozen):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as UTC)") from None
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name such as UTC)"
+            ) from None
         return value
 
-    @field_validator("cron")
-    @classmethod
-    def _five_fields(cls, value: str) -> str:
-        if len(value.split()) not in (5, 6):
-            raise ValueError("must be a crontab expression of 5 fields, e.g. '0 * * * *'")
-        return value
+    @model_validator(mode="after")
+    def _valid_cron(self) -> ScheduleConfig:
+        from .cron import build_trigger
+
+        try:
+            build_trigger(self.cron, self.timezone)
+        except ValueError as exc:
+            raise ValueError(
+                f"cron {self.cron!r} is not a valid crontab expression "
+                f"(5 fields: minute hour day month weekday, e.g. '0 * * * *'): {exc}"
+            ) from None
+        return self
 
 
 class Settings(BaseSettings):
@@ -214,6 +242,7 @@ class Settings(BaseSettings):
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig = MetricsConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
     schedules: tuple[ScheduleConfig, ...] = ()
 

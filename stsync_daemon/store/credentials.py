@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 from pydantic import SecretStr
@@ -37,7 +35,7 @@ class Credential:
     updated_at: datetime
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Credential:
+    def from_row(cls, row: asyncpg.Record) -> Credential:
         return cls(
             id=row["id"],
             company_id=row["company_id"],
@@ -182,7 +180,9 @@ class CredentialStore:
         counts.update({CredentialStatus(r["status"]): r["n"] for r in rows})
         return counts
 
-    async def access(self, credential: Credential, default_app_key: SecretStr | None) -> CredentialAccess:
+    async def access(
+        self, credential: Credential, default_app_key: SecretStr | None
+    ) -> CredentialAccess:
         """Decrypt what the ServiceTitan client needs for one credential."""
         cipher = self._require_cipher()
         row = await self._pool.fetchrow(QUERIES["select_credential_secrets"], credential.id)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+Conn = asyncpg.Connection | PoolConnectionProxy[Any]
 
 # Any fixed 64-bit key: serializes migrators across processes and hosts.
 _MIGRATION_LOCK_KEY = 0x5751_C0DE_0001
@@ -42,7 +46,7 @@ def available() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[Migration]:
+async def migrate(conn: Conn) -> list[Migration]:
     """Apply what is missing under a transaction-scoped advisory lock; returns what was applied."""
     applied_now: list[Migration] = []
     async with conn.transaction():
@@ -58,7 +62,7 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
     return applied_now
 
 
-async def current_version(conn: asyncpg.Connection) -> int:
+async def current_version(conn: Conn) -> int:
     """The highest applied version, 0 for an empty database."""
     exists = await conn.fetchval("SELECT to_regclass('stsync.schema_version') IS NOT NULL")
     if not exists:

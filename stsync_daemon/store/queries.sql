@@ -102,13 +102,16 @@ JOIN stsync.credentials c ON c.id = s.credential_id
 JOIN stsync.companies co ON co.id = c.company_id
 WHERE s.id = $1;
 
--- name: interrupt_orphans
--- Syncs left running by a crash of this instance (or of any instance whose heartbeat is stale).
-UPDATE stsync.sync_log SET status = 'interrupted', completed_at = now(), error_category = 'unexpected',
-    error_message = 'the daemon stopped while this sync was running; the next sync resumes from its last committed page'
-WHERE status = 'running'
-  AND (instance IS NOT DISTINCT FROM $1 OR heartbeat_at < now() - make_interval(secs => $2))
-RETURNING id;
+-- name: running_syncs
+SELECT s.id, c.environment, c.tenant_id, s.data_type
+FROM stsync.sync_log s JOIN stsync.credentials c ON c.id = s.credential_id
+WHERE s.status = 'running';
+
+-- name: interrupt_sync
+UPDATE stsync.sync_log SET status = 'interrupted', completed_at = now(),
+    error_category = 'unexpected',
+    error_message = 'the daemon running this sync stopped; the next sync resumes from its last committed page'
+WHERE id = $1 AND status = 'running';
 
 -- name: insert_dead_letters
 INSERT INTO stsync.dead_letters (sync_id, credential_id, environment, tenant_id, data_type,
@@ -168,3 +171,113 @@ ON CONFLICT (environment, tenant_id, id) DO UPDATE SET
 WHERE t.modified_on IS DISTINCT FROM excluded.modified_on
    OR t.active IS DISTINCT FROM excluded.active
    OR t.payload IS DISTINCT FROM excluded.payload;
+
+-- name: select_syncs
+SELECT s.id, s.run_id, s.credential_id, s.data_type, s.trigger, s.mode, s.status, s.started_at,
+       s.completed_at, s.records_processed, s.records_successful, s.records_failed, s.pages,
+       s.error_category, s.error_message, s.retry_of, s.attempt, s.instance,
+       c.company_id, co.name AS company_name, c.environment, c.tenant_id
+FROM stsync.sync_log s
+JOIN stsync.credentials c ON c.id = s.credential_id
+JOIN stsync.companies co ON co.id = c.company_id
+WHERE ($1::text IS NULL OR c.company_id = $1)
+  AND (NOT $2 OR s.status = 'running')
+  AND (NOT $3 OR s.status = 'failed')
+  AND ($4::timestamptz IS NULL OR s.started_at >= $4)
+  AND ($5::uuid IS NULL OR s.run_id = $5)
+ORDER BY s.started_at DESC
+LIMIT $6;
+
+-- name: summarize_syncs
+SELECT s.status, count(*) AS n, sum(s.records_processed) AS records,
+       sum(s.records_failed) AS failed_records,
+       avg(extract(epoch FROM s.completed_at - s.started_at)) AS mean_seconds
+FROM stsync.sync_log s
+JOIN stsync.credentials c ON c.id = s.credential_id
+WHERE ($1::text IS NULL OR c.company_id = $1)
+  AND (NOT $2 OR s.status = 'running')
+  AND (NOT $3 OR s.status = 'failed')
+  AND ($4::timestamptz IS NULL OR s.started_at >= $4)
+GROUP BY s.status;
+
+-- name: last_success
+-- The newest completed sync of each (credential, data type) among the given credentials.
+SELECT DISTINCT ON (credential_id, data_type) credential_id, data_type, completed_at
+FROM stsync.sync_log
+WHERE status = 'completed' AND credential_id = ANY($1::uuid[])
+ORDER BY credential_id, data_type, started_at DESC;
+
+-- name: all_last_success
+SELECT DISTINCT ON (s.credential_id, s.data_type) s.credential_id, s.data_type, s.completed_at,
+       c.company_id, c.environment
+FROM stsync.sync_log s JOIN stsync.credentials c ON c.id = s.credential_id
+WHERE s.status = 'completed'
+ORDER BY s.credential_id, s.data_type, s.started_at DESC;
+
+-- name: select_cursors
+SELECT credential_id, data_type, continue_from IS NOT NULL AS has_token, max_modified_on,
+       full_completed_at
+FROM stsync.cursors WHERE credential_id = ANY($1::uuid[]);
+
+-- name: retry_candidates
+-- The latest sync of each (credential, data type) started within the window; the caller keeps
+-- those that failed, so a later success (or a running sync) rules a pair out.
+SELECT DISTINCT ON (s.credential_id, s.data_type)
+       s.id, s.credential_id, s.data_type, s.status, s.error_category, s.attempt, s.started_at
+FROM stsync.sync_log s
+WHERE s.started_at >= $1
+ORDER BY s.credential_id, s.data_type, s.started_at DESC;
+
+-- name: insert_run
+INSERT INTO stsync.runs (id, action, trigger, schedule_name, scheduled_for, params, instance)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT DO NOTHING
+RETURNING started_at;
+
+-- name: finish_run
+UPDATE stsync.runs SET status = $2, summary = $3, completed_at = now() WHERE id = $1;
+
+-- name: interrupt_orphan_runs
+UPDATE stsync.runs SET status = 'interrupted', completed_at = now()
+WHERE status = 'running' AND (instance IS NOT DISTINCT FROM $1 OR $2);
+
+-- name: select_runs
+SELECT r.id, r.action, r.trigger, r.schedule_name, r.scheduled_for, r.status, r.instance,
+       r.started_at, r.completed_at,
+       count(s.id) AS total_syncs,
+       count(s.id) FILTER (WHERE s.status = 'running') AS running_syncs,
+       count(s.id) FILTER (WHERE s.status = 'completed') AS successful_syncs,
+       count(s.id) FILTER (WHERE s.status IN ('failed', 'timed_out', 'interrupted', 'cancelled'))
+           AS failed_syncs,
+       coalesce(sum(s.records_processed), 0) AS records_processed
+FROM (SELECT * FROM stsync.runs ORDER BY started_at DESC LIMIT $1) r
+LEFT JOIN stsync.sync_log s ON s.run_id = r.id
+GROUP BY r.id, r.action, r.trigger, r.schedule_name, r.scheduled_for, r.status, r.instance,
+         r.started_at, r.completed_at
+ORDER BY r.started_at DESC;
+
+-- name: last_schedule_runs
+SELECT DISTINCT ON (schedule_name) schedule_name, id, scheduled_for, started_at
+FROM stsync.runs WHERE schedule_name IS NOT NULL
+ORDER BY schedule_name, started_at DESC;
+
+-- name: report_rows
+SELECT c.id AS credential_id, c.company_id, co.name AS company_name, c.environment, d.data_type,
+       count(s.id) AS syncs,
+       count(s.id) FILTER (WHERE s.status = 'completed') AS completed,
+       count(s.id) FILTER (WHERE s.status IN ('failed', 'timed_out', 'interrupted')) AS failed,
+       coalesce(sum(s.records_processed), 0) AS records_processed,
+       coalesce(sum(s.records_failed), 0) AS records_failed,
+       (array_agg(s.status ORDER BY s.started_at DESC))[1] AS last_status,
+       (array_agg(s.error_message ORDER BY s.started_at DESC)
+            FILTER (WHERE s.error_message IS NOT NULL))[1] AS last_error,
+       (SELECT max(l.completed_at) FROM stsync.sync_log l
+         WHERE l.credential_id = c.id AND l.data_type = d.data_type
+           AND l.status = 'completed') AS last_success_at
+FROM stsync.credentials c
+JOIN stsync.companies co ON co.id = c.company_id
+CROSS JOIN (VALUES ('customers'), ('invoices')) AS d (data_type)
+LEFT JOIN stsync.sync_log s
+       ON s.credential_id = c.id AND s.data_type = d.data_type AND s.started_at >= $1
+GROUP BY c.id, c.company_id, co.name, c.environment, d.data_type
+ORDER BY co.name, c.environment, d.data_type;

@@ -1,4 +1,4 @@
-"""Loads the named blocks of `queries.sql` once, so SQL stays SQL and call sites name what they run."""
+"""Loads the named blocks of `queries.sql` once: SQL stays SQL; call sites name what they run."""
 
 from __future__ import annotations
 

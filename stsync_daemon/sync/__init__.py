@@ -1,1 +1,1 @@
-"""The sync engine: export pages from ServiceTitan into PostgreSQL, one committed batch at a time."""
+"""The sync engine: ServiceTitan export pages into PostgreSQL, one committed batch at a time."""

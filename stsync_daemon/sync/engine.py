@@ -13,9 +13,10 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 from pydantic import SecretStr
@@ -24,12 +25,11 @@ from ..enums import CredentialStatus, DataType, ErrorCategory, SyncMode, SyncSta
 from ..errors import (
     ConflictError,
     DatabaseError,
-    InvalidCredentialsError,
     StsyncError,
     SyncTimeoutError,
 )
 from ..logs import log_event
-from ..servicetitan import ExportPage, ExportTokenInvalidError, ServiceTitanClient
+from ..servicetitan import ExportPage, ExportTokenInvalidError, ServiceTitanClient, TenantClient
 from ..store.credentials import Credential, CredentialStore
 from ..store.db import DB_ERRORS, describe_db_error
 from ..store.sql import QUERIES
@@ -106,23 +106,48 @@ class SyncResult:
 
 @dataclass
 class SyncControl:
-    """Lets the runner say why it cancels a sync, so the log tells `cancelled` from `interrupted`."""
+    """Lets the runner say why it cancels a sync: `cancelled` and `interrupted` differ in the log."""
 
     cancel_status: SyncStatus = SyncStatus.CANCELLED
     sync_id: uuid.UUID | None = None
     last_progress: SyncProgress | None = field(default=None)
+    result: SyncResult | None = field(default=None)
 
 
 ProgressCallback = Callable[[SyncProgress], Awaitable[None] | None]
 
 
-def lock_key_sql() -> str:
-    """One bigint per (environment, tenant, data type) for `pg_try_advisory_lock`."""
-    return "SELECT pg_try_advisory_lock(hashtextextended($1, 7321))"
+# One bigint per (environment, tenant, data type), held for the whole sync on its connection.
+_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 7321))"
+_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 7321))"
 
 
-def _lock_name(credential: Credential, data_type: DataType) -> str:
-    return f"stsync:{credential.environment}:{credential.tenant_id}:{data_type}"
+def lock_name(environment: str, tenant_id: int, data_type: str) -> str:
+    """What two syncs must never share at the same time: the same rows of the same tenant."""
+    return f"stsync:{environment}:{tenant_id}:{data_type}"
+
+
+async def sweep_orphans(pool: asyncpg.Pool) -> list[uuid.UUID]:
+    """Mark `interrupted` every running sync whose lock nobody holds: its process died.
+
+    Exact across instances: a live sync holds its advisory lock from before its row exists until
+    after its row is final, and PostgreSQL releases the lock when the holder's connection dies.
+    """
+    swept: list[uuid.UUID] = []
+    async with pool.acquire() as conn:
+        for row in await conn.fetch(QUERIES["running_syncs"]):
+            name = lock_name(row["environment"], row["tenant_id"], row["data_type"])
+            if not await conn.fetchval(_TRY_LOCK, name):
+                continue
+            try:
+                if await conn.fetchval(
+                    "SELECT status = 'running' FROM stsync.sync_log WHERE id = $1", row["id"]
+                ):
+                    await conn.execute(QUERIES["interrupt_sync"], row["id"])
+                    swept.append(row["id"])
+            finally:
+                await conn.fetchval(_UNLOCK, name)
+    return swept
 
 
 def classify(exc: BaseException) -> tuple[ErrorCategory, str]:
@@ -164,19 +189,26 @@ class SyncEngine:
         """Sync one (credential, data type); never raises for a failed sync, only returns it.
 
         Raises `SyncAlreadyRunning` when the same data is being synced elsewhere, `DatabaseError`
-        when the sync log itself cannot be written, and re-raises cancellation after logging it.
+        when the sync log cannot be written, and re-raises cancellation after logging it.
         """
         control = control or SyncControl()
         credential = request.credential
         try:
-            conn: asyncpg.Connection = await self._pool.acquire()
+            conn: Any = await self._pool.acquire()
         except DB_ERRORS as exc:
             raise DatabaseError(f"cannot reach PostgreSQL: {describe_db_error(exc)}") from None
         locked = False
         try:
             try:
                 locked = bool(
-                    await conn.fetchval(lock_key_sql(), _lock_name(credential, request.data_type))
+                    await conn.fetchval(
+                        _TRY_LOCK,
+                        lock_name(
+                            credential.environment.value,
+                            credential.tenant_id,
+                            request.data_type.value,
+                        ),
+                    )
                 )
                 if not locked:
                     raise SyncAlreadyRunning(
@@ -227,7 +259,14 @@ class SyncEngine:
         finally:
             if locked and not conn.is_closed():
                 with contextlib.suppress(*DB_ERRORS):
-                    await conn.execute("SELECT pg_advisory_unlock_all()")
+                    await conn.fetchval(
+                        _UNLOCK,
+                        lock_name(
+                            credential.environment.value,
+                            credential.tenant_id,
+                            request.data_type.value,
+                        ),
+                    )
             with contextlib.suppress(*DB_ERRORS):
                 await self._pool.release(conn)
 
@@ -275,6 +314,7 @@ class SyncEngine:
             if category is ErrorCategory.UNEXPECTED:
                 logger.critical("sync.crashed", exc_info=exc)
         await self._finish(conn, request, result, status, category, message)
+        control.result = result
         if status is SyncStatus.COMPLETED:
             if request.credential.status is CredentialStatus.ERROR:
                 with contextlib.suppress(*DB_ERRORS):
@@ -396,9 +436,7 @@ class SyncEngine:
                 data_type=request.data_type,
                 restart_from=restart or "beginning",
             )
-            async with contextlib.aclosing(
-                self._batches(tenant, request.data_type, restart)
-            ) as it:
+            async with contextlib.aclosing(self._batches(tenant, request.data_type, restart)) as it:
                 async for batch in it:
                     await self._commit(conn, request, result, batch)
         if request.mode is SyncMode.FULL or start is None:
@@ -410,11 +448,11 @@ class SyncEngine:
             )
 
     async def _batches(
-        self, tenant: object, data_type: DataType, start: str | None
-    ) -> AsyncIterator[Batch]:
+        self, tenant: TenantClient, data_type: DataType, start: str | None
+    ) -> AsyncGenerator[Batch, None]:
         """Coalesce pages into batches while the next pages download (decode overlaps writes)."""
         queue: asyncio.Queue[ExportPage | None] = asyncio.Queue(maxsize=_PREFETCH_PAGES)
-        export = tenant.export(data_type, start)  # type: ignore[attr-defined]
+        export = tenant.export(data_type, start)
 
         async def produce() -> None:
             async for page in export:

@@ -1,6 +1,6 @@
 """Turn ServiceTitan records into typed rows for the stage tables.
 
-Only id, modifiedOn and active are required: a record without them goes to the dead-letter table.
+Only id, modifiedOn and active are required: a record without them becomes a dead letter.
 Every other typed column is best effort (NULL when absent or malformed); the payload keeps the record
 exactly as received.
 """
@@ -207,7 +207,9 @@ class Batch:
         for record in records:
             try:
                 if not isinstance(record, dict):
-                    raise InvalidRecord(f"a record must be a JSON object, got {type(record).__name__}")
+                    raise InvalidRecord(
+                        f"a record must be a JSON object, got {type(record).__name__}"
+                    )
                 row = convert(record)
             except InvalidRecord as exc:
                 raw_id = record.get("id") if isinstance(record, dict) else None

@@ -31,7 +31,7 @@ CREATE INDEX credentials_company_idx ON stsync.credentials (company_id);
 -- One row per batch: a scheduled tick, a manual process or a retry.
 CREATE TABLE stsync.runs (
     id             uuid PRIMARY KEY,
-    action         text NOT NULL CHECK (action IN ('process', 'retry')),
+    action         text NOT NULL CHECK (action IN ('process', 'retry', 'report')),
     trigger        text NOT NULL CHECK (trigger IN ('scheduled', 'manual', 'retry')),
     schedule_name  text,
     scheduled_for  timestamptz,

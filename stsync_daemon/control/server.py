@@ -1,0 +1,525 @@
+"""The control socket's HTTP server: aiohttp on a Unix socket, peers checked with SO_PEERCRED.
+
+Handlers translate between the protocol and the daemon's parts; they hold no state of their own.
+Errors become `{"message", "code"}` with a 4xx/5xx status and never disturb the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from .. import __version__
+from ..daemon.report import build_report
+from ..daemon.views import credential_view, iso, summarize, sync_view_from_row
+from ..enums import CredentialStatus, Environment
+from ..errors import ConflictError, NotFoundError, StsyncError
+from ..logs import log_event
+from ..servicetitan import ServiceTitanClient
+from ..store.credentials import CredentialStore, NewCredential
+from ..store.db import DB_ERRORS, describe_db_error
+from ..store.sql import QUERIES
+from .protocol import (
+    API_PREFIX,
+    NDJSON,
+    CredentialAdd,
+    CredentialUpdate,
+    Health,
+    ProcessRequest,
+    RetryRequest,
+    StatusQuery,
+)
+
+logger = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_HEALTH_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *DB_ERRORS)
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+def json_response(value: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_dumps(value), status=status, content_type="application/json")
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return json_response({"message": message, "code": code}, status=status)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other end of a control connection."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_of(request: web.Request) -> Peer | None:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Peer(pid, uid, gid)
+
+
+def _supplementary_groups(pid: int) -> set[int]:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Groups:"):
+                return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
+
+
+class Access:
+    """Root, the daemon's own user, and members of the configured group may connect."""
+
+    def __init__(self, allowed_group: str | None) -> None:
+        self._uid = os.geteuid()
+        self._gid: int | None = None
+        if allowed_group:
+            try:
+                self._gid = grp.getgrnam(allowed_group).gr_gid
+            except KeyError:
+                if allowed_group.isdigit():
+                    self._gid = int(allowed_group)
+                else:
+                    raise StsyncError(
+                        f"control.allowed_group: no group named {allowed_group!r}"
+                    ) from None
+
+    @property
+    def gid(self) -> int | None:
+        return self._gid
+
+    def allows(self, peer: Peer) -> bool:
+        if peer.uid in (0, self._uid):
+            return True
+        if self._gid is None:
+            return False
+        return peer.gid == self._gid or self._gid in _supplementary_groups(peer.pid)
+
+
+class ControlServer:
+    """Binds the socket and serves the protocol from the daemon's parts."""
+
+    def __init__(
+        self,
+        *,
+        daemon: Any,
+        socket_path: Path,
+        socket_mode: int,
+        allowed_group: str | None,
+    ) -> None:
+        self._daemon = daemon
+        self._path = socket_path
+        self._mode = socket_mode
+        self._access = Access(allowed_group)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def start(self) -> None:
+        await _claim_socket_path(self._path)
+        app = web.Application(middlewares=[self._guard], client_max_size=1024 * 1024)
+        routes = [
+            web.get(f"{API_PREFIX}/health", self.health),
+            web.get(f"{API_PREFIX}/status", self.status),
+            web.post(f"{API_PREFIX}/process", self.process),
+            web.post(f"{API_PREFIX}/retry", self.retry),
+            web.get(f"{API_PREFIX}/runs", self.runs),
+            web.post(f"{API_PREFIX}/cancel/{{target}}", self.cancel),
+            web.get(f"{API_PREFIX}/schedules", self.schedules),
+            web.get(f"{API_PREFIX}/report", self.report),
+            web.get(f"{API_PREFIX}/credentials", self.credentials_list),
+            web.post(f"{API_PREFIX}/credentials", self.credentials_add),
+            web.get(f"{API_PREFIX}/credentials/{{id}}", self.credentials_show),
+            web.patch(f"{API_PREFIX}/credentials/{{id}}", self.credentials_update),
+            web.delete(f"{API_PREFIX}/credentials/{{id}}", self.credentials_remove),
+            web.post(f"{API_PREFIX}/credentials/{{id}}/enable", self.credentials_enable),
+            web.post(f"{API_PREFIX}/credentials/{{id}}/disable", self.credentials_disable),
+            web.post(f"{API_PREFIX}/credentials/{{id}}/test", self.credentials_test),
+        ]
+        app.add_routes(routes)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        old_umask = os.umask(0o777 & ~self._mode)
+        try:
+            await web.UnixSite(self._runner, str(self._path)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(self._path, self._mode)
+        if self._access.gid is not None:
+            os.chown(self._path, -1, self._access.gid)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+
+    # -- middleware ------------------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        peer = peer_of(request)
+        if peer is not None and not self._access.allows(peer):
+            log_event(
+                logger, logging.WARNING, "control.refused", uid=peer.uid, gid=peer.gid, pid=peer.pid
+            )
+            return error_response(
+                403,
+                "forbidden",
+                "not authorised: only root, the stsync user and members of the control group "
+                "may use this socket",
+            )
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                code = "not_found" if exc.status == 404 else "bad_request"
+                return error_response(exc.status, code, exc.reason)
+            raise
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            return error_response(400, "bad_request", f"{where}: {first['msg']}")
+        except NotFoundError as exc:
+            return error_response(404, "not_found", str(exc))
+        except ConflictError as exc:
+            return error_response(409, "conflict", str(exc))
+        except StsyncError as exc:
+            return error_response(
+                503 if exc.transient else 400,
+                "unavailable" if exc.transient else "bad_request",
+                str(exc),
+            )
+        except DB_ERRORS as exc:
+            return error_response(
+                503, "unavailable", f"database unavailable: {describe_db_error(exc)}"
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.critical("control.crashed", exc_info=exc)
+            return error_response(500, "internal", f"internal error: {type(exc).__name__}")
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    async def _body(request: web.Request, model: type[BaseModel]) -> Any:
+        raw = await request.read()
+        try:
+            data = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            raise web.HTTPBadRequest(reason="the body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPBadRequest(reason="the body must be a JSON object")
+        return model.model_validate(data)
+
+    @staticmethod
+    def _uuid(value: str, what: str = "id") -> uuid.UUID:
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            raise web.HTTPBadRequest(reason=f"{what} {value!r} is not a UUID") from None
+
+    # -- handlers --------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        d = self._daemon
+        database = "ok"
+        try:
+            await asyncio.wait_for(d.pool.fetchval("SELECT 1"), 5)
+        except _HEALTH_ERRORS:
+            database = "unavailable"
+        body: Health = {
+            "status": "ok" if database == "ok" else "degraded",
+            "version": __version__,
+            "instance": d.instance,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.monotonic() - d.started_monotonic, 3),
+            "database": database,
+            "running_syncs": d.runner.running_syncs,
+            "running_runs": d.runner.running_runs,
+        }
+        return json_response(body)
+
+    async def status(self, request: web.Request) -> web.Response:
+        query = StatusQuery.model_validate(dict(request.query))
+        return json_response(await status_document(self._daemon.pool, query))
+
+    async def _run(
+        self,
+        request: web.Request,
+        plan: Callable[[], Awaitable[Any]],
+        start: Callable[[], Awaitable[Any]],
+        dry_run: bool,
+    ) -> web.StreamResponse:
+        if dry_run:
+            return json_response(await plan())
+        run = await start()
+        queue = self._daemon.runner.subscribe(run)
+        response = web.StreamResponse(headers={"Content-Type": NDJSON})
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
+            while True:
+                event = await queue.get()
+                if event is None:
+                    break
+                await response.write(_dumps(event) + b"\n")
+            await response.write_eof()
+        return response
+
+    async def process(self, request: web.Request) -> web.StreamResponse:
+        body: ProcessRequest = await self._body(request, ProcessRequest)
+        runner = self._daemon.runner
+        return await self._run(
+            request,
+            lambda: runner.plan_process(body),
+            lambda: runner.start_process(body),
+            body.dry_run,
+        )
+
+    async def retry(self, request: web.Request) -> web.StreamResponse:
+        body: RetryRequest = await self._body(request, RetryRequest)
+        runner = self._daemon.runner
+        return await self._run(
+            request, lambda: runner.plan_retry(body), lambda: runner.start_retry(body), body.dry_run
+        )
+
+    async def runs(self, request: web.Request) -> web.Response:
+        try:
+            limit = max(1, min(int(request.query.get("limit", "20")), 10_000))
+        except ValueError:
+            raise web.HTTPBadRequest(reason="limit must be a number") from None
+        rows = await self._daemon.pool.fetch(QUERIES["select_runs"], limit)
+        runs = [
+            {
+                "id": str(r["id"]),
+                "action": r["action"],
+                "trigger": r["trigger"],
+                "schedule_name": r["schedule_name"],
+                "scheduled_for": iso(r["scheduled_for"]),
+                "status": r["status"],
+                "instance": r["instance"],
+                "started_at": iso(r["started_at"]),
+                "completed_at": iso(r["completed_at"]),
+                "total_syncs": r["total_syncs"],
+                "running_syncs": r["running_syncs"],
+                "successful_syncs": r["successful_syncs"],
+                "failed_syncs": r["failed_syncs"],
+                "records_processed": r["records_processed"],
+            }
+            for r in rows
+        ]
+        return json_response({"runs": runs})
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        target = self._uuid(request.match_info["target"])
+        kind = self._daemon.runner.cancel(target)
+        log_event(logger, logging.INFO, "control.cancelled", target=target, kind=kind)
+        return json_response({"cancelled": kind, "id": str(target)})
+
+    async def schedules(self, request: web.Request) -> web.Response:
+        return json_response({"schedules": await self._daemon.schedule_views()})
+
+    async def report(self, request: web.Request) -> web.Response:
+        try:
+            hours = float(request.query.get("hours", "24"))
+        except ValueError:
+            raise web.HTTPBadRequest(reason="hours must be a number") from None
+        if not 0 < hours <= 24 * 366:
+            raise web.HTTPBadRequest(reason="hours must be between 0 and 8784")
+        return json_response(await build_report(self._daemon.pool, hours))
+
+    # -- credentials -------------------------------------------------------------------------
+
+    @property
+    def _store(self) -> CredentialStore:
+        store: CredentialStore = self._daemon.credentials
+        return store
+
+    async def _credential_view(self, credential_id: uuid.UUID) -> Any:
+        credential = await self._store.get(credential_id)
+        last = {
+            r["data_type"]: r["completed_at"]
+            for r in await self._daemon.pool.fetch(QUERIES["last_success"], [credential_id])
+        }
+        return credential_view(credential, last)
+
+    async def credentials_list(self, request: web.Request) -> web.Response:
+        env = request.query.get("environment")
+        try:
+            environment = Environment(env) if env else None
+        except ValueError:
+            raise web.HTTPBadRequest(
+                reason="environment must be integration or production"
+            ) from None
+        found = await self._store.list(
+            environment=environment, company_id=request.query.get("company_id") or None
+        )
+        last: dict[uuid.UUID, dict[str, datetime | None]] = {}
+        for r in await self._daemon.pool.fetch(QUERIES["last_success"], [c.id for c in found]):
+            last.setdefault(r["credential_id"], {})[r["data_type"]] = r["completed_at"]
+        return json_response({"credentials": [credential_view(c, last.get(c.id)) for c in found]})
+
+    async def credentials_add(self, request: web.Request) -> web.Response:
+        body: CredentialAdd = await self._body(request, CredentialAdd)
+        credential = await self._store.add(
+            NewCredential(
+                company_id=body.company_id,
+                company_name=body.company_name,
+                environment=body.environment,
+                tenant_id=body.tenant_id,
+                client_id=body.client_id,
+                client_secret=body.client_secret,
+                app_key=body.app_key,
+                schedule_enabled=body.schedule_enabled,
+            )
+        )
+        log_event(
+            logger,
+            logging.INFO,
+            "credential.added",
+            credential_id=credential.id,
+            company=credential.company_name,
+            environment=credential.environment,
+            tenant_id=credential.tenant_id,
+        )
+        await self._daemon.refresh_credential_metrics()
+        return json_response(await self._credential_view(credential.id), status=201)
+
+    async def credentials_show(self, request: web.Request) -> web.Response:
+        return json_response(await self._credential_view(self._uuid(request.match_info["id"])))
+
+    async def credentials_update(self, request: web.Request) -> web.Response:
+        credential_id = self._uuid(request.match_info["id"])
+        body: CredentialUpdate = await self._body(request, CredentialUpdate)
+        await self._store.update(
+            credential_id,
+            client_id=body.client_id,
+            client_secret=body.client_secret,
+            app_key=body.app_key,
+            clear_app_key=body.clear_app_key,
+            schedule_enabled=body.schedule_enabled,
+            company_name=body.company_name,
+        )
+        log_event(logger, logging.INFO, "credential.updated", credential_id=credential_id)
+        await self._daemon.refresh_credential_metrics()
+        return json_response(await self._credential_view(credential_id))
+
+    async def _set_status(self, request: web.Request, status: str) -> web.Response:
+        credential_id = self._uuid(request.match_info["id"])
+        await self._store.set_status(credential_id, CredentialStatus(status))
+        log_event(logger, logging.INFO, f"credential.{status}", credential_id=credential_id)
+        await self._daemon.refresh_credential_metrics()
+        return json_response(await self._credential_view(credential_id))
+
+    async def credentials_enable(self, request: web.Request) -> web.Response:
+        return await self._set_status(request, "active")
+
+    async def credentials_disable(self, request: web.Request) -> web.Response:
+        return await self._set_status(request, "disabled")
+
+    async def credentials_remove(self, request: web.Request) -> web.Response:
+        credential_id = self._uuid(request.match_info["id"])
+        await self._store.remove(credential_id)
+        self._daemon.metrics.forget_credential(str(credential_id))
+        log_event(logger, logging.INFO, "credential.removed", credential_id=credential_id)
+        await self._daemon.refresh_credential_metrics()
+        return json_response({"removed": str(credential_id)})
+
+    async def credentials_test(self, request: web.Request) -> web.Response:
+        credential_id = self._uuid(request.match_info["id"])
+        credential = await self._store.get(credential_id)
+        client: ServiceTitanClient = self._daemon.client
+        started = time.monotonic()
+        try:
+            access = await self._store.access(
+                credential, self._daemon.settings.servicetitan.resolve_app_key()
+            )
+            await client.tenant(access).check()
+        except StsyncError as exc:
+            return json_response(
+                {
+                    "ok": False,
+                    "credential_id": str(credential_id),
+                    "category": exc.category.value,
+                    "message": str(exc),
+                    "seconds": round(time.monotonic() - started, 3),
+                }
+            )
+        return json_response(
+            {
+                "ok": True,
+                "credential_id": str(credential_id),
+                "category": None,
+                "message": (
+                    f"ServiceTitan accepted the credential of {credential.company_name} "
+                    f"({credential.environment}, tenant {credential.tenant_id}) and returned data"
+                ),
+                "seconds": round(time.monotonic() - started, 3),
+            }
+        )
+
+
+async def status_document(pool: asyncpg.Pool, query: StatusQuery) -> dict[str, Any]:
+    """`{"syncs": [...], "summary": {...}}` for the status filters."""
+    since = datetime.now(UTC) - timedelta(hours=24) if query.last_24h else None
+    filters = (query.company_id, query.running_only, query.failed_only, since)
+    rows = await pool.fetch(QUERIES["select_syncs"], *filters, None, query.limit)
+    stats = await pool.fetch(QUERIES["summarize_syncs"], *filters)
+    return {"syncs": [sync_view_from_row(r) for r in rows], "summary": summarize(stats)}
+
+
+def _occupied(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _prepare_directory(path: Path, stale: bool) -> None:
+    if stale:
+        path.unlink()
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o750, parents=True)
+
+
+async def _claim_socket_path(path: Path) -> None:
+    """Refuse to steal a live socket; remove a stale one; create the directory (0750) if needed."""
+    stale = False
+    if _occupied(path):
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2)
+        except (OSError, TimeoutError):
+            stale = True
+        else:
+            writer.close()
+            raise StsyncError(
+                f"another stsyncd is already listening on {path}: stop it first, or set "
+                "[control] socket to another path"
+            )
+    _prepare_directory(path, stale)

@@ -1,0 +1,311 @@
+"""The daemon's life cycle: start every part in order, serve, then drain and stop in reverse.
+
+Start-up: migrations, orphaned syncs marked `interrupted`, control socket and metrics bound, the
+scheduler started, then READY=1. Stop: no new ticks or runs, running syncs get a grace period, then
+are interrupted (their cursors are consistent by construction), then everything closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from .. import __version__
+from ..config import ScheduleConfig, Settings
+from ..control.protocol import ProcessRequest, RetryRequest, ScheduleView
+from ..control.server import ControlServer
+from ..enums import DataType, Trigger
+from ..logs import log_event
+from ..metrics import Metrics
+from ..metrics_server import start_metrics_server
+from ..servicetitan import ServiceTitanClient
+from ..store.credentials import CredentialStore
+from ..store.crypto import SecretCipher
+from ..store.db import DB_ERRORS, create_pool, describe_db_error
+from ..store.migrate import migrate
+from ..store.sql import QUERIES
+from ..sync.engine import SyncEngine, sweep_orphans
+from .report import build_report, log_report
+from .runner import Runner
+from .scheduler import Scheduler
+from .systemd import SystemdNotifier, watchdog_interval, watchdog_loop
+
+logger = logging.getLogger(__name__)
+
+
+class Daemon:
+    """Owns the pool, the ServiceTitan client, the runner, the scheduler and both servers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.instance = settings.cluster.instance_name()
+        self.metrics = Metrics()
+        self.notifier = SystemdNotifier.from_environment()
+        self.started_monotonic = time.monotonic()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._metrics_runner: Any = None
+        self.pool: asyncpg.Pool
+        self.client: ServiceTitanClient
+        self.credentials: CredentialStore
+        self.runner: Runner
+        self.scheduler: Scheduler
+        self.control: ControlServer
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.pool = await create_pool(
+            settings.database.dsn.get_secret_value(),
+            min_size=settings.database.pool_min_size,
+            max_size=settings.database.pool_max_size,
+        )
+        async with self.pool.acquire() as conn:
+            applied = await migrate(conn)
+        if applied:
+            log_event(
+                logger, logging.INFO, "database.migrated", versions=[m.version for m in applied]
+            )
+        swept = await sweep_orphans(self.pool)
+        await self.pool.execute(QUERIES["interrupt_orphan_runs"], self.instance, False)
+        if swept:
+            log_event(logger, logging.WARNING, "sync.orphans_interrupted", syncs=len(swept))
+        cipher = (
+            SecretCipher.from_file(settings.secrets.key_file) if settings.secrets.key_file else None
+        )
+        app_key = settings.servicetitan.resolve_app_key()
+        self.client = ServiceTitanClient(settings.servicetitan, observer=self.metrics)
+        await self.client.__aenter__()
+        self.credentials = CredentialStore(self.pool, cipher)
+        engine = SyncEngine(
+            self.pool,
+            self.client,
+            self.credentials,
+            app_key=app_key,
+            commit_batch_records=settings.sync.commit_batch_records,
+            instance=self.instance,
+        )
+        self.runner = Runner(
+            pool=self.pool,
+            engine=engine,
+            credentials=self.credentials,
+            client=self.client,
+            settings=settings,
+            metrics=self.metrics,
+            instance=self.instance,
+        )
+        self.scheduler = Scheduler(
+            settings.schedules,
+            self._fire,
+            self.metrics,
+            misfire_grace_seconds=settings.scheduler.misfire_grace_seconds,
+        )
+        self.runner.schedule_views = self.scheduler.views
+        self.control = ControlServer(
+            daemon=self,
+            socket_path=settings.control.socket_path(),
+            socket_mode=settings.control.socket_mode,
+            allowed_group=settings.control.allowed_group,
+        )
+        await self.control.start()
+        if settings.metrics.enabled:
+            self._metrics_runner = await start_metrics_server(
+                self.metrics, settings.metrics.host, settings.metrics.port
+            )
+        await self.refresh_credential_metrics()
+        for row in await self.pool.fetch(QUERIES["all_last_success"]):
+            self.metrics.last_success(
+                str(row["credential_id"]),
+                row["company_id"],
+                row["environment"],
+                DataType(row["data_type"]),
+                row["completed_at"],
+            )
+        self.scheduler.start()
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="stsync-housekeeping"))
+        interval = watchdog_interval()
+        if interval:
+            self._tasks.append(
+                asyncio.create_task(watchdog_loop(self.notifier, interval), name="stsync-watchdog")
+            )
+        self.notifier.ready(status="idle")
+        log_event(
+            logger,
+            logging.INFO,
+            "daemon.ready",
+            version=__version__,
+            instance=self.instance,
+            socket=str(self.control.path),
+            metrics=settings.metrics.listen if settings.metrics.enabled else None,
+            schedules=len(settings.schedules),
+        )
+
+    @property
+    def metrics_address(self) -> str | None:
+        """host:port actually bound (useful when the configured port is 0)."""
+        if self._metrics_runner is None:
+            return None
+        host, port = self._metrics_runner.addresses[0][:2]
+        return f"{host}:{port}"
+
+    async def refresh_credential_metrics(self) -> None:
+        with contextlib.suppress(*DB_ERRORS):
+            self.metrics.credentials_by_status(await self.credentials.count_by_status())
+
+    async def schedule_views(self) -> list[ScheduleView]:
+        last = {r["schedule_name"]: r for r in await self.pool.fetch(QUERIES["last_schedule_runs"])}
+        return self.scheduler.views(last)
+
+    async def _fire(self, schedule: ScheduleConfig, scheduled_for: datetime) -> str | None:
+        """A tick: claim it, run it to the end, return the run id (None: claimed elsewhere)."""
+        log_event(
+            logger,
+            logging.INFO,
+            "schedule.fired",
+            schedule=schedule.name,
+            action=schedule.action,
+            scheduled_for=scheduled_for,
+        )
+        if schedule.action == "report":
+            return await self._report(schedule, scheduled_for)
+        if schedule.action == "retry":
+            run = await self.runner.start_retry(
+                RetryRequest(
+                    max_age_hours=schedule.max_age_hours,
+                    max_retries=schedule.max_retries,
+                    exclude_auth_errors=schedule.exclude_auth_errors,
+                    max_concurrent=schedule.max_concurrent,
+                    timeout_seconds=schedule.timeout_seconds,
+                ),
+                Trigger.SCHEDULED,
+                schedule_name=schedule.name,
+                scheduled_for=scheduled_for,
+            )
+        else:
+            run = await self.runner.start_process(
+                ProcessRequest(
+                    environment=schedule.environment,
+                    company_id=schedule.company_id,
+                    credential_id=schedule.credential_id,
+                    data_type=schedule.data_type,
+                    max_concurrent=schedule.max_concurrent,
+                    timeout_seconds=schedule.timeout_seconds,
+                    full=schedule.full,
+                    include_errored=False,
+                ),
+                Trigger.SCHEDULED,
+                schedule_name=schedule.name,
+                scheduled_for=scheduled_for,
+            )
+        if run is None:
+            log_event(logger, logging.INFO, "schedule.claimed_elsewhere", schedule=schedule.name)
+            return None
+        if run.task is not None:
+            # The run belongs to the runner: cancelling the tick must not cancel the run.
+            await asyncio.shield(run.task)
+        return str(run.id)
+
+    async def _report(self, schedule: ScheduleConfig, scheduled_for: datetime) -> str | None:
+        run_id = uuid.uuid4()
+        claimed = await self.pool.fetchval(
+            QUERIES["insert_run"],
+            run_id,
+            "report",
+            Trigger.SCHEDULED.value,
+            schedule.name,
+            scheduled_for,
+            b"{}",
+            self.instance,
+        )
+        if claimed is None:
+            return None
+        report = await build_report(self.pool, schedule.max_age_hours)
+        log_report(report)
+        await self.pool.execute(QUERIES["finish_run"], run_id, "completed", None)
+        return str(run_id)
+
+    async def _housekeeping(self) -> None:
+        """Systemd STATUS=, and the orphan sweep that lets one instance take over another's work."""
+        sweep_every = self.settings.cluster.orphan_sweep_seconds
+        last_sweep = time.monotonic()
+        while True:
+            await asyncio.sleep(min(5.0, sweep_every))
+            self.notifier.status(self.runner.describe_running())
+            if time.monotonic() - last_sweep >= sweep_every:
+                last_sweep = time.monotonic()
+                try:
+                    swept = await sweep_orphans(self.pool)
+                except DB_ERRORS as exc:
+                    log_event(logger, logging.WARNING, "sweep.failed", error=describe_db_error(exc))
+                    continue
+                if swept:
+                    log_event(logger, logging.WARNING, "sync.orphans_interrupted", syncs=len(swept))
+
+    async def stop(self, *, grace_seconds: float | None = None) -> None:
+        """Drain, then close everything; safe after a partial start."""
+        self.notifier.stopping()
+        log_event(logger, logging.INFO, "daemon.stopping", instance=self.instance)
+        if hasattr(self, "scheduler"):
+            self.scheduler.pause()
+        if hasattr(self, "runner"):
+            grace = (
+                self.settings.sync.shutdown_grace_seconds
+                if grace_seconds is None
+                else grace_seconds
+            )
+            await self.runner.shutdown(grace)
+        if hasattr(self, "scheduler"):
+            self.scheduler.shutdown()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if hasattr(self, "control"):
+            await self.control.stop()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+        if hasattr(self, "client"):
+            await self.client.close()
+        if hasattr(self, "pool"):
+            await self.pool.close()
+        log_event(logger, logging.INFO, "daemon.stopped", instance=self.instance)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT; a second signal skips the grace period."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals_seen = 0
+    daemon = Daemon(settings)
+    draining: asyncio.Task[None] | None = None
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        log_event(logger, logging.INFO, "daemon.signal", signal=signal.Signals(signum).name)
+        if signals_seen == 1:
+            stop.set()
+        elif draining is not None:
+            daemon.runner.interrupt_all()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        try:
+            await daemon.start()
+        except BaseException:
+            await daemon.stop(grace_seconds=0)
+            raise
+        await stop.wait()
+        draining = asyncio.create_task(daemon.stop())
+        await draining
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
