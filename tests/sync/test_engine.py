@@ -1,0 +1,262 @@
+"""The sync engine against the sandbox and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from stsync_daemon.enums import (
+    CredentialStatus,
+    DataType,
+    Environment,
+    ErrorCategory,
+    SyncMode,
+    SyncStatus,
+)
+from stsync_daemon.sandbox import FaultRule, Sandbox, SandboxConfig
+from stsync_daemon.servicetitan import ServiceTitanClient
+from stsync_daemon.store.credentials import Credential, CredentialStore, NewCredential
+from stsync_daemon.store.crypto import SecretCipher
+from stsync_daemon.store.db import create_pool
+from stsync_daemon.sync.engine import SyncControl, SyncEngine, SyncRequest, sweep_orphans
+from tests.support import db_truth, settings_for, tenant, write_key
+
+PROD = Environment.PRODUCTION
+
+
+@dataclass
+class Rig:
+    sandbox: Sandbox
+    pool: asyncpg.Pool
+    store: CredentialStore
+    engine: SyncEngine
+    client: ServiceTitanClient
+
+    async def add(
+        self, tenant_id: int, env: Environment = PROD, secret: str | None = None
+    ) -> Credential:
+        return await self.store.add(
+            NewCredential(
+                company_id=f"co{tenant_id}",
+                company_name=f"Company {tenant_id}",
+                environment=env,
+                tenant_id=tenant_id,
+                client_id=f"cid.{env.value}.{tenant_id}",
+                client_secret=SecretStr(secret or f"cs.secret.{tenant_id}"),
+            )
+        )
+
+    async def sync(self, credential: Credential, data_type: DataType, **kw: object) -> object:
+        return await self.engine.synchronize(SyncRequest(credential, data_type, **kw))  # type: ignore[arg-type]
+
+    async def assert_equal_truth(
+        self, tenant_id: int, data_type: DataType, env: Environment = PROD
+    ) -> None:
+        truth = self.sandbox.truth(tenant_id, env, data_type)
+        async with self.pool.acquire() as conn:
+            count, digest = await db_truth(conn, data_type, env, tenant_id)
+        assert (count, digest) == (truth.count, truth.digest)
+
+
+@pytest.fixture
+async def rig(database_dsn: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    config = SandboxConfig(
+        tenants=(
+            tenant(101, customers=1200, invoices=900),
+            tenant(102, customers=300, invoices=200),
+        ),
+        export_page_size=100,
+        seed=7,
+    )
+    async with Sandbox(config) as sandbox:
+        settings = settings_for(
+            sandbox,
+            database_dsn,
+            write_key(tmp_path),
+            servicetitan={"max_retry_seconds": 20},
+            sync={"commit_batch_records": 250},
+        )
+        pool = await create_pool(database_dsn, min_size=1, max_size=6)
+        client = ServiceTitanClient(settings.servicetitan)
+        await client.__aenter__()
+        store = CredentialStore(pool, SecretCipher.from_file(settings.secrets.key_file))
+        engine = SyncEngine(
+            pool,
+            client,
+            store,
+            app_key=settings.servicetitan.resolve_app_key(),
+            commit_batch_records=250,
+            instance="test",
+        )
+        try:
+            yield Rig(sandbox, pool, store, engine, client)
+        finally:
+            await client.close()
+            await pool.close()
+
+
+async def test_full_sync_of_two_tenants_equals_sandbox_truth(rig: Rig) -> None:
+    a, b = await rig.add(101), await rig.add(102)
+    results = await asyncio.gather(
+        *(rig.engine.synchronize(SyncRequest(c, dt)) for c in (a, b) for dt in DataType)
+    )
+    for result in results:
+        assert result.status is SyncStatus.COMPLETED, result.error_message
+        assert result.records_failed == 0
+    assert results[0].records_processed == 1200
+    for tid in (101, 102):
+        for dt in DataType:
+            await rig.assert_equal_truth(tid, dt)
+    # Inactive records are kept, with active = false.
+    inactive = await rig.pool.fetchval(
+        "SELECT count(*) FROM servicetitan.customers WHERE NOT active"
+    )
+    assert (
+        inactive
+        == rig.sandbox.truth(101, PROD, DataType.CUSTOMERS).count
+        - rig.sandbox.truth(101, PROD, DataType.CUSTOMERS).active
+        + rig.sandbox.truth(102, PROD, DataType.CUSTOMERS).count
+        - rig.sandbox.truth(102, PROD, DataType.CUSTOMERS).active
+    )
+    row = await rig.pool.fetchrow(
+        "SELECT total, customer_id, payload FROM servicetitan.invoices WHERE tenant_id = 101 LIMIT 1"
+    )
+    assert row["payload"]["total"] is None or str(row["total"]) == row["payload"]["total"]
+
+
+async def test_incremental_sync_picks_up_exactly_the_changes(rig: Rig) -> None:
+    cred = await rig.add(101)
+    first = await rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS))
+    assert first.status is SyncStatus.COMPLETED
+    await rig.sandbox.mutate(101, PROD, DataType.CUSTOMERS, modify=7, deactivate=3, create=5)
+    second = await rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS))
+    assert second.status is SyncStatus.COMPLETED
+    assert second.records_processed == 15
+    await rig.assert_equal_truth(101, DataType.CUSTOMERS)
+    third = await rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS))
+    assert third.records_processed == 0
+
+
+async def test_full_mode_restarts_from_the_beginning(rig: Rig) -> None:
+    cred = await rig.add(102)
+    await rig.engine.synchronize(SyncRequest(cred, DataType.INVOICES))
+    full = await rig.engine.synchronize(SyncRequest(cred, DataType.INVOICES, mode=SyncMode.FULL))
+    assert full.status is SyncStatus.COMPLETED
+    assert full.records_processed == 200
+    await rig.assert_equal_truth(102, DataType.INVOICES)
+
+
+async def test_cancelled_sync_resumes_to_the_same_final_state(rig: Rig) -> None:
+    cred = await rig.add(101)
+    rig.sandbox.set_faults(FaultRule(tenant_id=101, latency_ms=40))
+    control = SyncControl()
+    task = asyncio.create_task(
+        rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS), control=control)
+    )
+    while control.last_progress is None and control.result is None:
+        await asyncio.sleep(0.02)
+        progress = await rig.pool.fetchval(
+            "SELECT records_processed FROM stsync.sync_log WHERE credential_id = $1", cred.id
+        )
+        if progress:
+            break
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    row = await rig.pool.fetchrow("SELECT status, records_processed FROM stsync.sync_log")
+    assert row["status"] == "cancelled"
+    assert 0 < row["records_processed"] < 1200
+    stored = await rig.pool.fetchval("SELECT count(*) FROM servicetitan.customers")
+    assert stored == row["records_processed"]  # exactly the committed batches, nothing half-done
+    rig.sandbox.set_faults()
+    resumed = await rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS))
+    assert resumed.status is SyncStatus.COMPLETED
+    assert resumed.records_processed == 1200 - row["records_processed"]
+    await rig.assert_equal_truth(101, DataType.CUSTOMERS)
+
+
+async def test_timeout_ends_timed_out_and_next_sync_resumes(rig: Rig) -> None:
+    cred = await rig.add(101)
+    rig.sandbox.set_faults(FaultRule(tenant_id=101, latency_ms=60))
+    result = await rig.engine.synchronize(
+        SyncRequest(cred, DataType.CUSTOMERS, timeout_seconds=0.6)
+    )
+    assert result.status is SyncStatus.TIMED_OUT
+    assert result.error_category is ErrorCategory.TIMEOUT
+    assert result.records_processed < 1200
+    rig.sandbox.set_faults()
+    resumed = await rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS))
+    assert resumed.status is SyncStatus.COMPLETED
+    assert result.records_processed + resumed.records_processed == 1200
+    await rig.assert_equal_truth(101, DataType.CUSTOMERS)
+
+
+async def test_faults_are_absorbed(rig: Rig) -> None:
+    cred = await rig.add(101)
+    rig.sandbox.set_faults(
+        FaultRule(
+            tenant_id=101,
+            rate_limit_share=0.15,
+            server_error_share=0.1,
+            maintenance_share=0.05,
+            seed=3,
+        )
+    )
+    rig.sandbox.update_settings(token_ttl_seconds=1.0)
+    result = await rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS))
+    assert result.status is SyncStatus.COMPLETED, result.error_message
+    await rig.assert_equal_truth(101, DataType.CUSTOMERS)
+    counters = rig.sandbox.counters(101, PROD)
+    assert counters.total(status=429) + counters.total(status=500) + counters.total(status=409) > 0
+
+
+async def test_revoked_credential_fails_with_auth_and_is_marked_error(rig: Rig) -> None:
+    cred = await rig.add(102)
+    rig.sandbox.revoke(cred.client_id)
+    result = await rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS))
+    assert result.status is SyncStatus.FAILED
+    assert result.error_category is ErrorCategory.AUTH
+    stored = await rig.store.get(cred.id)
+    assert stored.status is CredentialStatus.ERROR
+    assert stored.last_error and "cs.secret" not in stored.last_error
+    row = await rig.pool.fetchrow("SELECT status, error_category FROM stsync.sync_log")
+    assert (row["status"], row["error_category"]) == ("failed", "auth")
+
+
+async def test_same_pair_never_syncs_twice_at_once(rig: Rig) -> None:
+    from stsync_daemon.sync.engine import SyncAlreadyRunning
+
+    cred = await rig.add(101)
+    rig.sandbox.set_faults(FaultRule(tenant_id=101, latency_ms=30))
+    first = asyncio.create_task(rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS)))
+    await asyncio.sleep(0.3)
+    with pytest.raises(SyncAlreadyRunning):
+        await rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS))
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_orphan_sweep_spares_live_syncs_and_interrupts_dead_ones(rig: Rig) -> None:
+    cred = await rig.add(101)
+    rig.sandbox.set_faults(FaultRule(tenant_id=101, latency_ms=30))
+    live = asyncio.create_task(rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS)))
+    await asyncio.sleep(0.3)
+    await rig.pool.execute(
+        "INSERT INTO stsync.sync_log (id, credential_id, data_type, trigger, mode) "
+        "VALUES (gen_random_uuid(), $1, 'invoices', 'scheduled', 'incremental')",
+        cred.id,
+    )
+    swept = await sweep_orphans(rig.pool)
+    assert len(swept) == 1
+    statuses = dict(await rig.pool.fetch("SELECT data_type, status FROM stsync.sync_log"))
+    assert statuses == {"customers": "running", "invoices": "interrupted"}
+    live.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await live
