@@ -120,9 +120,10 @@ class DaemonProcess:
         import aiohttp
         import orjson
 
-        async with aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=str(self.socket))
-        ) as s, s.request(method, f"http://localhost{path}", json=body) as resp:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.socket))) as s,
+            s.request(method, f"http://localhost{path}", json=body) as resp,
+        ):
             raw = await resp.read()
             if resp.content_type == "application/x-ndjson":
                 return resp.status, [orjson.loads(line) for line in raw.splitlines() if line]
@@ -178,7 +179,9 @@ def to_toml(data: dict[str, Any], prefix: str = "") -> str:
     lines: list[str] = []
     tables: list[tuple[str, Any]] = []
     for key, value in data.items():
-        if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict)):
+        if isinstance(value, dict) or (
+            isinstance(value, list) and value and isinstance(value[0], dict)
+        ):
             tables.append((key, value))
         elif value is not None:
             lines.append(f"{key} = {json.dumps(value)}")

@@ -217,10 +217,11 @@ async def test_timeout_retry_and_auth_failures(
         assert by[(ids[202], "customers")]["error_category"] == "auth"
         assert summary["failed_syncs"] == 4
         status, failed = await daemon.request("GET", "/v1/status?failed_only=true")
+        assert status == 200
         assert {s["status"] for s in failed["syncs"]} == {"failed"}
         sandbox.set_faults()
         sandbox.restore(TENANTS[1].client_id)
-        status, plan = await daemon.request(
+        _status, plan = await daemon.request(
             "POST", "/v1/retry", {"dry_run": True, "exclude_auth_errors": True}
         )
         assert {(i["credential_id"], i["attempt"]) for i in plan["items"]} == {(ids[201], 2)}
@@ -255,7 +256,7 @@ async def test_stop_mid_run_leaves_a_consistent_resumable_database(
         assert rc == (0 if signum == signal.SIGTERM else -9)
         if signum == signal.SIGTERM:
             # A graceful stop still ends the client's stream, with the run marked interrupted.
-            status, events = await run
+            _status, events = await run
             assert events[-1]["event"] == "run.finished"
             assert events[-1]["summary"]["status"] == "interrupted"
         else:
