@@ -11,7 +11,7 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -614,8 +614,12 @@ class TenantClient:
 
     async def export(
         self, data_type: DataType, start: str | None, *, include_recent_changes: bool = True
-    ) -> AsyncIterator[ExportPage]:
-        """Follow `continueFrom` while `hasMore`, one page in memory at a time."""
+    ) -> AsyncGenerator[ExportPage, None]:
+        """Follow `continueFrom` while `hasMore`, one page in memory at a time.
+
+        An async generator (an `AsyncIterator` with `aclose()`), so a consumer stopping early
+        can close it at once.
+        """
         cursor = start
         while True:
             page = await self.fetch_export_page(
