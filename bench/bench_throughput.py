@@ -1,0 +1,280 @@
+"""Throughput: a full sync from the sandbox into PostgreSQL, next to the ceiling of a plain COPY.
+
+The ceiling is one `COPY` of the same rows, already encoded as CSV, into the same empty table, in
+the same run: what this machine's PostgreSQL can ingest at best. Runs alternate sync and ceiling so
+both see the same noise; we report medians with min-max and the ratio of the medians.
+
+    .venv/bin/python bench/bench_throughput.py --customers 500000 --invoices 0 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+from common import (
+    ROOT,
+    print_table,
+    private_postgres,
+    start_sandbox,
+    summarize,
+    write_result,
+)
+from pydantic import SecretStr
+
+from stsync_daemon.config import Settings
+from stsync_daemon.enums import DataType, Environment
+from stsync_daemon.store.credentials import CredentialStore, NewCredential
+from stsync_daemon.store.crypto import SecretCipher, generate_key
+from stsync_daemon.store.db import create_pool
+from stsync_daemon.store.migrate import migrate
+from stsync_daemon.sync.records import SHAPES
+
+TENANT = 1
+PAGE_SIZE = 500
+# The benchmark measures the pipeline, not ServiceTitan's 60 requests/s budget per tenant.
+RATE = 1000
+
+
+async def fetch_rows(base_url: str, data_type: DataType) -> list[tuple[Any, ...]]:
+    """Every record as the sync would stage it (outside the timed part)."""
+    module = "crm" if data_type is DataType.CUSTOMERS else "accounting"
+    shape = SHAPES[data_type]
+    rows: list[tuple[Any, ...]] = []
+    async with aiohttp.ClientSession() as session:
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": "bench",
+            "client_secret": "bench-secret",
+        }
+        async with session.post(f"{base_url}/production/auth/connect/token", data=form) as r:
+            token = (await r.json())["access_token"]
+        headers = {"Authorization": token, "ST-App-Key": "ak1.sandbox"}
+        start: str | None = None
+        while True:
+            params = {"from": start} if start else {}
+            url = f"{base_url}/production/api/{module}/v2/tenant/{TENANT}/export/{data_type.value}"
+            async with session.get(url, params=params, headers=headers) as r:
+                page = orjson.loads(await r.read())
+            rows.extend(shape.convert(rec) for rec in page["data"])
+            start = page["continueFrom"]
+            if not page["hasMore"]:
+                return rows
+
+
+def encode_csv(rows: list[tuple[Any, ...]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for row in rows:
+        writer.writerow(
+            [
+                "production",
+                TENANT,
+                *(
+                    orjson.dumps(v).decode() if isinstance(v, dict) else ("" if v is None else v)
+                    for v in row
+                ),
+            ]
+        )
+    return buffer.getvalue().encode()
+
+
+async def ceiling(dsn: str, data_type: DataType, payload: bytes) -> float:
+    """Seconds for one plain COPY of the encoded rows into the empty table."""
+    shape = SHAPES[data_type]
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"TRUNCATE servicetitan.{data_type.value}")
+        await conn.execute("CHECKPOINT")
+        clock = time.perf_counter()
+        await conn.copy_to_table(
+            data_type.value,
+            schema_name="servicetitan",
+            source=io.BytesIO(payload),
+            columns=["environment", "tenant_id", *shape.columns],
+            format="csv",
+        )
+        return time.perf_counter() - clock
+    finally:
+        await conn.close()
+
+
+async def reset(dsn: str, data_type: DataType) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"TRUNCATE servicetitan.{data_type.value}")
+        await conn.execute("DELETE FROM stsync.cursors WHERE data_type = $1", data_type.value)
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+def run_sync(settings_path: Path, credential: str, data_type: DataType) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "sync_child.py"),
+            "--settings",
+            str(settings_path),
+            "--credential",
+            credential,
+            "--data-types",
+            data_type.value,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"sync failed: {out.stderr.strip()[-2000:]}")
+    if out.stderr.strip():
+        print(out.stderr.strip()[-3000:], file=sys.stderr)
+    result: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="stsync-tp-"))
+    work.chmod(0o755)
+    sandbox = start_sandbox(
+        [
+            {
+                "tenant_id": TENANT,
+                "environment": "production",
+                "client_id": "bench",
+                "client_secret": "bench-secret",
+                "customers": args.customers,
+                "invoices": args.invoices,
+                "seed": 1,
+            }
+        ],
+        work,
+        rate_limit_per_second=RATE,
+        export_page_size=PAGE_SIZE,
+    )
+    results: dict[str, Any] = {
+        "sizes": {"customers": args.customers, "invoices": args.invoices},
+        "page_size": PAGE_SIZE,
+        "batch": args.batch,
+    }
+    try:
+        with private_postgres(work) as cluster:
+            dsn = cluster.dsn()
+            conn = await asyncpg.connect(dsn)
+            await migrate(conn)
+            await conn.close()
+            key = work / "secrets.key"
+            key.write_text(generate_key())
+            base = sandbox.base_url
+            settings_data: dict[str, Any] = dict(
+                database={"dsn": dsn},
+                secrets={"key_file": str(key)},
+                servicetitan={
+                    "app_key": "ak1.sandbox",
+                    "requests_per_second": RATE,
+                    "environments": {
+                        e.value: {
+                            "auth_url": f"{base}/{e.value}/auth",
+                            "api_url": f"{base}/{e.value}/api",
+                        }
+                        for e in Environment
+                    },
+                },
+                sync={"commit_batch_records": args.batch},
+            )
+            Settings(**settings_data)  # validate here, not in the child
+            settings_path = work / "settings.json"
+            settings_path.write_bytes(orjson.dumps(settings_data))
+            pool = await create_pool(dsn, min_size=1, max_size=2)
+            store = CredentialStore(pool, SecretCipher.from_file(key))
+            credential = await store.add(
+                NewCredential(
+                    "bench",
+                    "Bench",
+                    Environment.PRODUCTION,
+                    TENANT,
+                    "bench",
+                    SecretStr("bench-secret"),
+                )
+            )
+            await pool.close()
+            for data_type, count in (
+                (DataType.CUSTOMERS, args.customers),
+                (DataType.INVOICES, args.invoices),
+            ):
+                if not count:
+                    continue
+                payload = encode_csv(await fetch_rows(base, data_type))
+                syncs, ceilings, rss, timings = [], [], [], []
+                for _ in range(args.runs):
+                    ceilings.append(count / await ceiling(dsn, data_type, payload))
+                    await reset(dsn, data_type)
+                    out = run_sync(settings_path, str(credential.id), data_type)
+                    syncs.append(count / out[data_type.value]["seconds"])
+                    rss.append(out["peak_rss_mb"])
+                    timings.append(out[data_type.value]["timings"])
+                    await reset(dsn, data_type)
+                ratio = statistics.median(syncs) / statistics.median(ceilings)
+                results[data_type.value] = {
+                    "sync_records_per_second": summarize(syncs),
+                    "ceiling_records_per_second": summarize(ceilings),
+                    "ratio": ratio,
+                    "peak_rss_mb": summarize(rss),
+                    "timings_seconds_median": {
+                        k: statistics.median(t[k] for t in timings) for k in timings[0]
+                    },
+                }
+    finally:
+        sandbox.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=500_000)
+    parser.add_argument("--invoices", type=int, default=0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=5000, help="records per committed batch")
+    args = parser.parse_args()
+    results = asyncio.run(bench(args))
+    rows = []
+    for dt in ("customers", "invoices"):
+        if dt in results:
+            r = results[dt]
+            s, c = r["sync_records_per_second"], r["ceiling_records_per_second"]
+            rows.append(
+                [
+                    dt,
+                    f"{s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f})",
+                    f"{c['median']:,.0f} ({c['min']:,.0f}-{c['max']:,.0f})",
+                    f"{r['ratio'] * 100:.0f}%",
+                    f"{r['peak_rss_mb']['median']:.0f}",
+                ]
+            )
+    print_table(
+        "Throughput (records/s, median (min-max))",
+        ["data", "stsync full sync", "COPY ceiling", "ratio", "peak RSS MB"],
+        rows,
+    )
+    for dt in ("customers", "invoices"):
+        if dt in results:
+            print(f"time split {dt} (s, median):", results[dt]["timings_seconds_median"])
+    print("results:", write_result("throughput", results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""One full sync in its own process, so its peak RSS is its own: prints a JSON line of results."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import sys
+import time
+import tracemalloc
+import uuid
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stsync_daemon.config import Settings
+from stsync_daemon.enums import DataType, SyncMode
+from stsync_daemon.servicetitan import ServiceTitanClient
+from stsync_daemon.store.credentials import CredentialStore
+from stsync_daemon.store.crypto import SecretCipher
+from stsync_daemon.store.db import create_pool
+from stsync_daemon.sync.engine import SyncEngine, SyncRequest
+
+
+def peak_rss_mb() -> float:
+    """VmHWM: unlike ru_maxrss, it is not inherited from the parent across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def main(args: argparse.Namespace) -> dict[str, object]:
+    if os.environ.get("STSYNC_BENCH_TRACEMALLOC"):
+        tracemalloc.start()
+    settings = Settings(**orjson.loads(Path(args.settings).read_bytes()))
+    pool = await create_pool(settings.database.dsn.get_secret_value(), min_size=1, max_size=4)
+    out: dict[str, object] = {}
+    async with ServiceTitanClient(settings.servicetitan) as client:
+        store = CredentialStore(pool, SecretCipher.from_file(settings.secrets.key_file))
+        engine = SyncEngine(
+            pool,
+            client,
+            store,
+            app_key=settings.servicetitan.resolve_app_key(),
+            commit_batch_records=settings.sync.commit_batch_records,
+        )
+        credential = await store.get(uuid.UUID(args.credential))
+        gc.freeze()
+        for data_type in args.data_types.split(","):
+            clock = time.perf_counter()
+            result = await engine.synchronize(
+                SyncRequest(
+                    credential, DataType(data_type), mode=SyncMode(args.mode), timeout_seconds=86400
+                )
+            )
+            seconds = time.perf_counter() - clock
+            if result.error_message:
+                raise SystemExit(f"sync failed: {result.error_message}")
+            out[data_type] = {
+                "seconds": seconds,
+                "records": result.records_processed,
+                "pages": result.pages,
+                "timings": result.timings,
+            }
+    await pool.close()
+    if os.environ.get("STSYNC_BENCH_TRACEMALLOC"):
+        snapshot = tracemalloc.take_snapshot()
+        for stat in snapshot.statistics("lineno")[:8]:
+            print(stat, file=sys.stderr)
+        print("peak traced MB", tracemalloc.get_traced_memory()[1] / 1e6, file=sys.stderr)
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--settings", required=True)
+    parser.add_argument("--credential", required=True)
+    parser.add_argument("--data-types", default="customers")
+    parser.add_argument("--mode", default="full")
+    import uvloop
+
+    print(orjson.dumps(uvloop.run(main(parser.parse_args()))).decode())
