@@ -56,7 +56,9 @@ def _unprivileged_user() -> str | None:
         except KeyError:
             continue
         return name
-    raise ConfigError("running as root and no unprivileged user (postgres/nobody) to run PostgreSQL")
+    raise ConfigError(
+        "running as root and no unprivileged user (postgres/nobody) to run PostgreSQL"
+    )
 
 
 @dataclass
