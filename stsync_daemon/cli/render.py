@@ -107,19 +107,26 @@ def table(columns: Sequence[Column], rows: Iterable[Sequence[str]], width: int) 
     def total() -> int:
         return sum(widths[index] for index in keep) + len(GAP) * (len(keep) - 1)
 
+    def floor(index: int) -> int:
+        column = columns[index]
+        if not column.shrink:
+            return widths[index]
+        return min(widths[index], max(column.min_width, len(column.header)))
+
+    def smallest() -> int:
+        return sum(floor(index) for index in keep) + len(GAP) * (len(keep) - 1)
+
+    # Drop optional columns (rightmost first) only if shrinking cannot make room for them.
     for index in reversed(range(len(columns))):
-        if total() <= width:
+        if smallest() <= width:
             break
         if columns[index].optional:
             keep.remove(index)
-    for index in keep:
+    for index in reversed(keep):
         excess = total() - width
         if excess <= 0:
             break
-        column = columns[index]
-        if column.shrink:
-            floor = max(column.min_width, len(column.header))
-            widths[index] = max(floor, widths[index] - excess)
+        widths[index] = max(floor(index), widths[index] - excess)
 
     def line(cells: Sequence[str]) -> str:
         parts = []

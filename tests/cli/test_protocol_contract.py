@@ -1,0 +1,533 @@
+"""Protocol-contract tests: the real `stsyncctl` subprocess against a canned protocol server.
+
+The server (fake_daemon.py) is not stsyncd: it pins what the CLI sends (paths, query strings,
+bodies) and how it shows what comes back (tables, NDJSON progress, JSON output, exit codes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import signal
+import sys
+from pathlib import Path
+
+from .conftest import STSYNCCTL, cli_env, run_cli
+from .fake_daemon import (
+    CRED_A,
+    CRED_B,
+    RUN_ID,
+    SYNC_FAILED,
+    SYNC_OK,
+    SYNC_RUNNING,
+    UNKNOWN,
+    FakeDaemon,
+)
+
+
+def sock(daemon: FakeDaemon) -> list[str]:
+    return ["--socket", str(daemon.socket)]
+
+
+# -- status -----------------------------------------------------------------------------------
+
+
+async def test_status_table_and_summary(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli(*sock(fake_daemon), "status")
+    assert result.code == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    header = lines[0].split()
+    assert header[:4] == ["ID", "Company", "Environment", "Data"]
+    assert "Error" in header
+    assert SYNC_RUNNING in lines[1] and "Running" in lines[1]
+    assert "Summary" in result.stdout and "Success rate:      50.0%" in result.stdout
+    seen = fake_daemon.last()
+    assert (seen.method, seen.path, seen.query) == ("GET", "/v1/status", {"limit": "50"})
+
+
+async def test_status_narrow_terminal_drops_environment_and_error(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli(*sock(fake_daemon), "status", env=cli_env(COLUMNS="130"))
+    header = result.stdout.splitlines()[0]
+    assert "Environment" not in header and "Error" not in header
+    assert "Failed" in header
+
+
+async def test_status_filters_reach_the_daemon(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli(
+        *sock(fake_daemon), "status", "-c", "1042", "-r", "--last-24h", "--limit", "5"
+    )
+    assert result.code == 0
+    assert fake_daemon.last().query == {
+        "company_id": "1042",
+        "running_only": "true",
+        "last_24h": "true",
+        "limit": "5",
+    }
+    assert SYNC_RUNNING in result.stdout and SYNC_OK not in result.stdout
+    failed = await run_cli(*sock(fake_daemon), "status", "--failed-only")
+    assert fake_daemon.last().query == {"failed_only": "true", "limit": "50"}
+    assert SYNC_FAILED in failed.stdout and SYNC_OK not in failed.stdout
+
+
+async def test_status_empty(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli(*sock(fake_daemon), "status", "-c", "nobody")
+    assert result.code == 0
+    assert result.stdout == "No sync operations found matching the criteria\n"
+
+
+async def test_status_json_is_the_daemons_document(fake_daemon: FakeDaemon) -> None:
+    for argv in (["--json-output", "status"], ["status", "--json-output"]):
+        result = await run_cli(*sock(fake_daemon), *argv)
+        assert result.code == 0 and result.stderr == ""
+        document = json.loads(result.stdout)
+        assert set(document) == {"syncs", "summary"}
+        assert [s["id"] for s in document["syncs"]] == [SYNC_RUNNING, SYNC_OK, SYNC_FAILED]
+        for key in (
+            "id",
+            "company_id",
+            "company",
+            "credential_id",
+            "environment",
+            "data_type",
+            "status",
+            "trigger",
+            "started_at",
+            "completed_at",
+            "records_processed",
+            "records_successful",
+            "records_failed",
+            "error_category",
+            "error_message",
+        ):
+            assert key in document["syncs"][0]
+        assert document["summary"]["total_syncs"] == 3
+
+
+async def test_socket_from_the_environment(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli("health", env=cli_env(STSYNC_SOCKET=str(fake_daemon.socket)))
+    assert result.code == 0, result.stderr
+    assert "Uptime:" in result.stdout and "1h 02m" in result.stdout
+
+
+# -- process and retry ------------------------------------------------------------------------
+
+
+async def test_process_streams_progress_and_fails_with_1_when_a_sync_failed(
+    fake_daemon: FakeDaemon,
+) -> None:
+    result = await run_cli(*sock(fake_daemon), "process", "-e", "production", "-d", "customers")
+    assert result.code == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Found 2 credentials to process"
+    assert "Completed sync for Acme HVAC (production, customers): 1500 records processed" in lines
+    assert any(
+        line.startswith("Sync failed for Bolt Plumbing (integration, invoices): ServiceTitan")
+        for line in lines
+    )
+    # Not a terminal: plain progress lines, no carriage returns or escape sequences.
+    assert "Started sync for Acme HVAC (production, customers) (incremental)" in lines
+    assert any("500 records, 1 pages, 250.0 records/s" in line for line in lines)
+    assert "\r" not in result.stdout and "\x1b" not in result.stdout
+    assert "Syncs:             2 (1 successful, 1 failed)" in result.stdout
+    assert fake_daemon.last().body == {
+        "environment": "production",
+        "data_type": "customers",
+        "dry_run": False,
+        "estimate": False,
+        "full": False,
+        "include_errored": True,
+    }
+
+
+async def test_process_all_ok_exits_0(fake_daemon: FakeDaemon) -> None:
+    fake_daemon.outcome = "ok"
+    result = await run_cli(
+        *sock(fake_daemon),
+        "process",
+        "-c",
+        "1042",
+        "--credential-id",
+        CRED_A,
+        "--max-concurrent",
+        "5",
+        "-t",
+        "600",
+        "--full",
+    )
+    assert result.code == 0, result.stderr
+    body = fake_daemon.last().body
+    assert body["company_id"] == "1042" and body["credential_id"] == CRED_A
+    assert body["max_concurrent"] == 5 and body["timeout_seconds"] == 600 and body["full"] is True
+
+
+async def test_process_nothing_to_do(fake_daemon: FakeDaemon) -> None:
+    fake_daemon.outcome = "empty"
+    result = await run_cli(*sock(fake_daemon), "process")
+    assert result.code == 0
+    assert result.stdout.splitlines()[0] == "No credentials found matching the criteria"
+
+
+async def test_process_json_output_is_only_the_summary(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli(*sock(fake_daemon), "--json-output", "process")
+    assert result.code == 1
+    summary = json.loads(result.stdout)
+    assert summary["total_credentials"] == 2
+    assert summary["successful_syncs"] == 1 and summary["failed_syncs"] == 1
+    assert summary["total_records_processed"] == 1500
+    assert summary["execution_time_seconds"] == 12.5
+    assert [s["id"] for s in summary["syncs"]] == [SYNC_OK, SYNC_FAILED]
+    assert result.stderr == ""  # stderr is not a terminal: progress omitted
+
+
+async def test_dry_run_prints_the_plan(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli(
+        *sock(fake_daemon), "process", "--dry-run", "--estimate", "-e", "integration"
+    )
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "Found 1 credentials to process"
+    header = result.stdout.splitlines()[2]
+    for column in ("Company", "Environment", "Data Type", "Mode", "Resume From", "Estimated"):
+        assert column in header
+    assert "Dry run: nothing was synced or written." in result.stdout
+    assert fake_daemon.last().body["dry_run"] is True
+    assert fake_daemon.last().body["estimate"] is True
+    assert fake_daemon.last().body["environment"] == "integration"
+
+    as_json = await run_cli(*sock(fake_daemon), "process", "--dry-run", "--json-output")
+    plan = json.loads(as_json.stdout)
+    assert plan["dry_run"] is True and len(plan["items"]) == 2
+
+
+async def test_retry_messages_and_body(fake_daemon: FakeDaemon) -> None:
+    fake_daemon.outcome = "ok"
+    result = await run_cli(
+        *sock(fake_daemon), "retry", "-m", "12", "--max-retries", "3", "--exclude-auth-errors"
+    )
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "Found 1 failed syncs to retry"
+    seen = fake_daemon.last()
+    assert seen.path == "/v1/retry"
+    assert seen.body == {
+        "max_age_hours": 12.0,
+        "max_retries": 3,
+        "exclude_auth_errors": True,
+        "dry_run": False,
+    }
+    dry = await run_cli(*sock(fake_daemon), "retry", "--dry-run")
+    assert dry.code == 0 and dry.stdout.startswith("Found 2 failed syncs to retry")
+
+
+async def test_retry_json_output(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli(*sock(fake_daemon), "retry", "--json-output")
+    assert result.code == 1
+    assert json.loads(result.stdout)["action"] == "retry"
+
+
+async def test_run_error_event_exits_1(fake_daemon: FakeDaemon) -> None:
+    fake_daemon.outcome = "broken"
+    result = await run_cli(*sock(fake_daemon), "process")
+    assert result.code == 1
+    assert result.stderr.strip().splitlines() == [
+        "stsyncctl: the run failed in the daemon: the database went away "
+        "(journalctl -u stsync.service)"
+    ]
+
+
+async def test_stream_cut_short_is_exit_3(fake_daemon: FakeDaemon) -> None:
+    fake_daemon.outcome = "cut"
+    result = await run_cli(*sock(fake_daemon), "--json-output", "process")
+    assert result.code == 3
+    assert result.stdout == ""
+    assert "closed the stream before the run finished" in result.stderr
+
+
+async def test_interrupt_exits_130_and_says_the_run_goes_on(fake_daemon: FakeDaemon) -> None:
+    fake_daemon.outcome = "slow"
+    proc = await asyncio.create_subprocess_exec(
+        str(STSYNCCTL),
+        *sock(fake_daemon),
+        "process",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+    )
+    assert proc.stdout is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert first == b"Found 2 credentials to process\n"
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 130
+    assert err.decode() == (
+        f"stsyncctl: interrupted; run {RUN_ID} goes on in the daemon "
+        f"(cancel it with: stsyncctl cancel {RUN_ID})\n"
+    )
+    assert b"Traceback" not in out + err
+
+
+async def test_progress_on_a_terminal_uses_carriage_returns(fake_daemon: FakeDaemon) -> None:
+    """Under a pseudo-terminal the running syncs are redrawn in place."""
+    fake_daemon.outcome = "ok"
+    leader, follower = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        str(STSYNCCTL),
+        *sock(fake_daemon),
+        "process",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        env=cli_env(),
+    )
+    os.close(follower)
+    loop = asyncio.get_running_loop()
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = loop.run_in_executor(None, read)
+    await asyncio.wait_for(proc.wait(), 30)
+    await asyncio.wait_for(reader, 30)
+    os.close(leader)
+    text = b"".join(chunks).decode()
+    assert proc.returncode == 0, text
+    assert "\r" in text and "\x1b[" in text
+    assert "Completed sync for Acme HVAC (production, customers): 1500 records processed" in text
+
+
+# -- credentials ------------------------------------------------------------------------------
+
+ADD = [
+    "credentials",
+    "add",
+    "--company-id",
+    "1042",
+    "--company-name",
+    "Acme HVAC",
+    "-e",
+    "production",
+    "--tenant-id",
+    "123456789",
+    "--client-id",
+    "cid.acme",
+]
+SECRET = "cs.VERY-SECRET-VALUE"
+
+
+async def test_credentials_add_from_stdin_never_prints_the_secret(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli(*sock(fake_daemon), *ADD, stdin=SECRET + "\n")
+    assert result.code == 0, result.stderr
+    assert result.stdout.startswith(f"Added credential {CRED_B} for Acme HVAC (production")
+    assert SECRET not in result.stdout + result.stderr
+    body = fake_daemon.last().body
+    assert body["client_secret"] == SECRET and "app_key" not in body
+    assert body["schedule_enabled"] is True and body["tenant_id"] == 123456789
+    as_json = await run_cli(*sock(fake_daemon), "--json-output", *ADD, stdin=SECRET)
+    assert SECRET not in as_json.stdout
+    assert json.loads(as_json.stdout)["id"] == CRED_B
+
+
+async def test_credentials_add_from_files(fake_daemon: FakeDaemon, short_tmp: Path) -> None:
+    secret, key = short_tmp / "secret", short_tmp / "key"
+    secret.write_text(SECRET + "\n")
+    key.write_text("ak1.KEY\n")
+    result = await run_cli(
+        *sock(fake_daemon),
+        *ADD,
+        "--client-secret-file",
+        str(secret),
+        "--app-key-file",
+        str(key),
+        "--no-schedule",
+    )
+    assert result.code == 0, result.stderr
+    body = fake_daemon.last().body
+    assert body["client_secret"] == SECRET and body["app_key"] == "ak1.KEY"
+    assert body["schedule_enabled"] is False
+    assert SECRET not in result.stdout + result.stderr and "ak1.KEY" not in result.stdout
+
+
+async def test_credentials_add_empty_secret_is_a_usage_error(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli(*sock(fake_daemon), *ADD, stdin="")
+    assert result.code == 2
+    assert result.stderr.splitlines()[-1].endswith(
+        "argument --client-secret-file: the secret from standard input is empty"
+    )
+    assert fake_daemon.seen == []  # nothing was sent
+
+
+async def test_credentials_conflict_exits_1_with_the_daemons_message(
+    fake_daemon: FakeDaemon,
+) -> None:
+    argv = list(ADD)
+    argv[argv.index("1042")] = "dup"
+    result = await run_cli(*sock(fake_daemon), *argv, stdin=SECRET)
+    assert result.code == 1
+    assert result.stderr == "stsyncctl: a credential for tenant 123 already exists\n"
+    assert result.stdout == ""
+
+
+async def test_credentials_list_show_update_enable_disable(fake_daemon: FakeDaemon) -> None:
+    listing = await run_cli(*sock(fake_daemon), "credentials", "list")
+    assert listing.code == 0
+    assert CRED_A in listing.stdout and "Bolt Plumbing" in listing.stdout
+    assert listing.stdout.rstrip().endswith("2 credentials")
+
+    show = await run_cli(*sock(fake_daemon), "credentials", "show", CRED_A)
+    assert show.code == 0 and "Client ID:" in show.stdout and "never shown" in show.stdout
+
+    update = await run_cli(
+        *sock(fake_daemon),
+        "credentials",
+        "update",
+        CRED_A,
+        "--company-name",
+        "Acme Heating",
+        "--no-schedule",
+    )
+    assert update.code == 0, update.stderr
+    seen = fake_daemon.last()
+    assert (seen.method, seen.path) == ("PATCH", f"/v1/credentials/{CRED_A}")
+    assert seen.body == {
+        "company_name": "Acme Heating",
+        "schedule_enabled": False,
+        "clear_app_key": False,
+    }
+
+    disable = await run_cli(*sock(fake_daemon), "credentials", "disable", CRED_A)
+    assert (
+        disable.stdout.startswith(f"Disabled credential {CRED_A}") and "disabled" in disable.stdout
+    )
+    assert fake_daemon.last().path == f"/v1/credentials/{CRED_A}/disable"
+    enable = await run_cli(*sock(fake_daemon), "credentials", "enable", CRED_A)
+    assert enable.stdout.startswith(f"Enabled credential {CRED_A}")
+
+
+async def test_unknown_credential_exits_1(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli(*sock(fake_daemon), "credentials", "show", UNKNOWN)
+    assert result.code == 1
+    assert result.stderr == f"stsyncctl: no credential with id {UNKNOWN}\n"
+
+
+async def test_credentials_test_ok_and_failed(fake_daemon: FakeDaemon) -> None:
+    ok = await run_cli(*sock(fake_daemon), "credentials", "test", CRED_A)
+    assert ok.code == 0 and ok.stdout.startswith("OK: ServiceTitan accepted")
+    bad = await run_cli(*sock(fake_daemon), "credentials", "test", CRED_B)
+    assert bad.code == 1
+    assert bad.stdout == "FAILED: ServiceTitan rejected the client id or secret\n"
+    as_json = await run_cli(*sock(fake_daemon), "--json-output", "credentials", "test", CRED_B)
+    assert as_json.code == 1 and json.loads(as_json.stdout)["ok"] is False
+
+
+async def test_credentials_remove_without_a_terminal_does_not_ask(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli(*sock(fake_daemon), "credentials", "remove", CRED_A)
+    assert result.code == 0
+    assert result.stdout == f"Removed credential {CRED_A}\n"
+    assert (fake_daemon.last().method, fake_daemon.last().path) == (
+        "DELETE",
+        f"/v1/credentials/{CRED_A}",
+    )
+    as_json = await run_cli(
+        *sock(fake_daemon), "credentials", "remove", "-y", CRED_A, "--json-output"
+    )
+    assert json.loads(as_json.stdout) == {"removed": CRED_A}
+
+
+async def test_credentials_remove_asks_on_a_terminal(fake_daemon: FakeDaemon) -> None:
+    """With standard input on a pseudo-terminal, "n" keeps the credential (exit 1)."""
+    leader, follower = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        str(STSYNCCTL),
+        *sock(fake_daemon),
+        "credentials",
+        "remove",
+        CRED_A,
+        stdin=follower,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+    )
+    os.close(follower)
+    os.write(leader, b"n\n")
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    os.close(leader)
+    assert proc.returncode == 1
+    assert out == b""
+    assert "Remove credential" in err.decode() and "[y/N]" in err.decode()
+    assert "not removed" in err.decode()
+    assert [s.method for s in fake_daemon.seen] == ["GET"]
+
+
+# -- schedules, runs, cancel, report ----------------------------------------------------------
+
+
+async def test_schedules_runs_report(fake_daemon: FakeDaemon) -> None:
+    schedules = await run_cli(*sock(fake_daemon), "schedules")
+    assert schedules.code == 0
+    assert "hourly-production" in schedules.stdout and "0 * * * *" in schedules.stdout
+    runs = await run_cli(*sock(fake_daemon), "runs", "--limit", "5")
+    assert runs.code == 0 and RUN_ID in runs.stdout and "Running" in runs.stdout
+    assert fake_daemon.last().query == {"limit": "5"}
+    report = await run_cli(*sock(fake_daemon), "report", "--last-24h")
+    assert report.code == 0 and report.stdout.startswith("Report of the last 24 hours")
+    assert fake_daemon.last().query == {"hours": "24"}
+    week = await run_cli(*sock(fake_daemon), "--json-output", "report", "--hours", "168")
+    assert json.loads(week.stdout)["hours"] == 168
+    assert fake_daemon.last().query == {"hours": "168"}
+
+
+async def test_cancel(fake_daemon: FakeDaemon) -> None:
+    done = await run_cli(*sock(fake_daemon), "cancel", RUN_ID)
+    assert done.code == 0 and done.stdout.startswith(f"Cancelled run {RUN_ID}")
+    missing = await run_cli(*sock(fake_daemon), "cancel", UNKNOWN)
+    assert missing.code == 1
+    assert missing.stderr == f"stsyncctl: no running run or sync with id {UNKNOWN}\n"
+
+
+# -- refusals ---------------------------------------------------------------------------------
+
+
+async def test_forbidden_by_the_peer_check_is_exit_3(fake_daemon: FakeDaemon) -> None:
+    fake_daemon.mode = "forbidden"
+    for argv in (["status"], ["--json-output", "process"], ["credentials", "list"]):
+        result = await run_cli(*sock(fake_daemon), *argv)
+        assert result.code == 3
+        assert result.stdout == ""
+        [line] = result.stderr.splitlines()
+        assert "refused this user" in line and "stsync group" in line
+
+
+async def test_unavailable_daemon_is_exit_3(fake_daemon: FakeDaemon) -> None:
+    fake_daemon.mode = "unavailable"
+    result = await run_cli(*sock(fake_daemon), "status")
+    assert result.code == 3
+    assert result.stderr.splitlines() == [
+        f"stsyncctl: the daemon on {fake_daemon.socket} cannot serve now: "
+        "database unavailable: connection refused"
+    ]
+
+
+async def test_module_entry_point(fake_daemon: FakeDaemon) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stsync_daemon.cli.stsyncctl",
+        *sock(fake_daemon),
+        "health",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and b"Status:" in out
