@@ -165,7 +165,7 @@ class SchedulerConfig(_Frozen):
 class ClusterConfig(_Frozen):
     """Several daemons on one database behave as one service; a single one needs nothing here."""
 
-    instance: Annotated[str, Field(max_length=200)] = ""
+    instance: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     orphan_sweep_seconds: Annotated[float, Field(gt=0)] = 30.0
 
     def instance_name(self) -> str:
