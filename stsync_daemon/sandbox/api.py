@@ -12,7 +12,6 @@ import binascii
 import math
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
 
 import orjson
 from aiohttp import web

@@ -113,7 +113,7 @@ class SandboxState:
         self.tokens.add(
             Credential(spec.environment, spec.client_id, spec.client_secret, spec.tenant_id)
         )
-        log.info(
+        log.debug(
             "sandbox.tenant_added",
             extra={"tenant_id": spec.tenant_id, "environment": str(spec.environment)},
         )
