@@ -320,6 +320,12 @@ class Dataset:
             ids.append(record_id)
         return ids
 
+    def touch(self, record_id: int, active: bool | None = None) -> None:
+        """Change one given record (new version and modifiedOn; `active` if given)."""
+        if self.index_of(record_id) is None:
+            raise KeyError(record_id)
+        self._log(record_id, self.state(record_id)[1] if active is None else active)
+
     def mutate_randomly(self) -> None:
         """One background change: 70% modify, 10% deactivate, 20% create."""
         draw = self._rng.random()
