@@ -96,7 +96,7 @@ async def test_sort_by_modified_on(client: StClient) -> None:
     assert stamps == sorted(stamps)
     assert [r["id"] for r in desc["data"]] == [r["id"] for r in reversed(asc["data"])]
     by_id_desc = await _list(client, sort="-Id", pageSize="5", active="Any")
-    assert [r["id"] for r in by_id_desc["data"]] == sorted((r["id"] for r in asc["data"]))[-1:-6:-1]
+    assert [r["id"] for r in by_id_desc["data"]] == sorted(r["id"] for r in asc["data"])[-1:-6:-1]
 
 
 async def test_bad_parameters_are_400_problems(client: StClient) -> None:
