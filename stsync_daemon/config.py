@@ -167,10 +167,11 @@ class ClusterConfig(_Frozen):
 
     instance: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     orphan_sweep_seconds: Annotated[float, Field(gt=0)] = 30.0
+    lease_seconds: Annotated[float, Field(ge=5)] = 30.0
 
     def instance_name(self) -> str:
-        """The configured name, else host name and process id (unique on a host)."""
-        return self.instance or f"{socket.gethostname()}:{os.getpid()}"
+        """The configured name, else the host name: stable across restarts, unique across hosts."""
+        return self.instance or socket.gethostname()
 
 
 class LoggingConfig(_Frozen):

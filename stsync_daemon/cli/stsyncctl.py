@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int(),
         default=10,
         metavar="N",
-        help="retry at most N syncs (default: 10)",
+        help="give up on a sync after N attempts (default: 10)",
     )
     retry.add_argument(
         "--exclude-auth-errors",
@@ -376,11 +376,21 @@ def build_parser() -> argparse.ArgumentParser:
         "  pass show acme | stsyncctl credentials add --company-id 1042 ... --client-id cid.abc\n"
         "  stsyncctl credentials add ... --no-schedule    # only manual runs until enabled",
     )
-    add.add_argument("--company-id", required=True, type=_non_empty, metavar="ID")
-    add.add_argument("--company-name", required=True, type=_non_empty, metavar="NAME")
-    add.add_argument("-e", "--environment", required=True, choices=ENVIRONMENTS)
-    add.add_argument("--tenant-id", required=True, type=_tenant_id, metavar="N")
-    add.add_argument("--client-id", required=True, type=_non_empty, metavar="ID")
+    add.add_argument(
+        "--company-id", required=True, type=_non_empty, metavar="ID", help="your id of the company"
+    )
+    add.add_argument(
+        "--company-name", required=True, type=_non_empty, metavar="NAME", help="shown in outputs"
+    )
+    add.add_argument(
+        "-e", "--environment", required=True, choices=ENVIRONMENTS, help="ServiceTitan environment"
+    )
+    add.add_argument(
+        "--tenant-id", required=True, type=_tenant_id, metavar="N", help="ServiceTitan tenant id"
+    )
+    add.add_argument(
+        "--client-id", required=True, type=_non_empty, metavar="ID", help="the app's client id"
+    )
     add.add_argument(
         "--client-secret-file",
         metavar="PATH",
@@ -407,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  stsyncctl credentials update ID --no-schedule",
     )
     update.add_argument("credential_id", metavar=CREDENTIAL_ID, type=_uuid)
-    update.add_argument("--company-name", type=_non_empty, metavar="NAME")
-    update.add_argument("--client-id", type=_non_empty, metavar="ID")
+    update.add_argument("--company-name", type=_non_empty, metavar="NAME", help="new name")
+    update.add_argument("--client-id", type=_non_empty, metavar="ID", help="new client id")
     update.add_argument(
         "--client-secret-file", metavar="PATH", help="new client secret from this file ('-': stdin)"
     )

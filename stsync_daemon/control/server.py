@@ -341,7 +341,7 @@ class ControlServer:
 
     async def cancel(self, request: web.Request) -> web.Response:
         target = self._uuid(request.match_info["target"])
-        kind = self._daemon.runner.cancel(target)
+        kind = await self._daemon.runner.cancel(target)
         log_event(logger, logging.INFO, "control.cancelled", target=target, kind=kind)
         return json_response({"cancelled": kind, "id": str(target)})
 

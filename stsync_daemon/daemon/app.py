@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import time
 import uuid
 from datetime import datetime
@@ -23,6 +25,7 @@ from ..config import ScheduleConfig, Settings
 from ..control.protocol import ProcessRequest, RetryRequest, ScheduleView
 from ..control.server import ControlServer
 from ..enums import DataType, Trigger
+from ..errors import StsyncError
 from ..logs import log_event
 from ..metrics import Metrics
 from ..metrics_server import start_metrics_server
@@ -34,11 +37,12 @@ from ..store.migrate import migrate
 from ..store.sql import QUERIES
 from ..sync.engine import SyncEngine, sweep_orphans
 from .report import build_report, log_report
-from .runner import Runner
+from .runner import Runner, TickNotClaimed
 from .scheduler import Scheduler
 from .systemd import SystemdNotifier, watchdog_interval, watchdog_loop
 
 logger = logging.getLogger(__name__)
+_CHANNEL = "stsync_events"
 
 
 class Daemon:
@@ -52,6 +56,7 @@ class Daemon:
         self.started_monotonic = time.monotonic()
         self._tasks: list[asyncio.Task[Any]] = []
         self._metrics_runner: Any = None
+        self._listener: asyncpg.Connection | None = None
         self.pool: asyncpg.Pool
         self.client: ServiceTitanClient
         self.credentials: CredentialStore
@@ -72,10 +77,8 @@ class Daemon:
             log_event(
                 logger, logging.INFO, "database.migrated", versions=[m.version for m in applied]
             )
-        swept = await sweep_orphans(self.pool)
-        await self.pool.execute(QUERIES["interrupt_orphan_runs"], self.instance, False)
-        if swept:
-            log_event(logger, logging.WARNING, "sync.orphans_interrupted", syncs=len(swept))
+        await self._claim_instance_name()
+        await self._heartbeat()
         cipher = (
             SecretCipher.from_file(settings.secrets.key_file) if settings.secrets.key_file else None
         )
@@ -99,7 +102,13 @@ class Daemon:
             settings=settings,
             metrics=self.metrics,
             instance=self.instance,
+            notify=self._notify,
         )
+        swept = await sweep_orphans(self.pool)
+        if swept:
+            log_event(logger, logging.WARNING, "sync.orphans_interrupted", syncs=len(swept))
+        await self.runner.recover()
+        await self.runner.sweep(self.settings.cluster.lease_seconds)
         self.scheduler = Scheduler(
             settings.schedules,
             self._fire,
@@ -127,6 +136,8 @@ class Daemon:
                 DataType(row["data_type"]),
                 row["completed_at"],
             )
+        await self._listen()
+        self._tasks.append(asyncio.create_task(self.runner.work_loop(), name="stsync-work"))
         self.scheduler.start()
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="stsync-housekeeping"))
         interval = watchdog_interval()
@@ -162,7 +173,7 @@ class Daemon:
         last = {r["schedule_name"]: r for r in await self.pool.fetch(QUERIES["last_schedule_runs"])}
         return self.scheduler.views(last)
 
-    async def _fire(self, schedule: ScheduleConfig, scheduled_for: datetime) -> str | None:
+    async def _fire(self, schedule: ScheduleConfig, scheduled_for: datetime) -> str:
         """A tick: claim it, run it to the end, return the run id (None: claimed elsewhere)."""
         log_event(
             logger,
@@ -174,6 +185,19 @@ class Daemon:
         )
         if schedule.action == "report":
             return await self._report(schedule, scheduled_for)
+        try:
+            return await self._start_scheduled(schedule, scheduled_for)
+        except TickNotClaimed as exc:
+            log_event(
+                logger,
+                logging.INFO,
+                "schedule.not_claimed",
+                schedule=schedule.name,
+                reason=exc.reason,
+            )
+            raise
+
+    async def _start_scheduled(self, schedule: ScheduleConfig, scheduled_for: datetime) -> str:
         if schedule.action == "retry":
             run = await self.runner.start_retry(
                 RetryRequest(
@@ -203,15 +227,12 @@ class Daemon:
                 schedule_name=schedule.name,
                 scheduled_for=scheduled_for,
             )
-        if run is None:
-            log_event(logger, logging.INFO, "schedule.claimed_elsewhere", schedule=schedule.name)
-            return None
         if run.task is not None:
             # The run belongs to the runner: cancelling the tick must not cancel the run.
             await asyncio.shield(run.task)
         return str(run.id)
 
-    async def _report(self, schedule: ScheduleConfig, scheduled_for: datetime) -> str | None:
+    async def _report(self, schedule: ScheduleConfig, scheduled_for: datetime) -> str:
         run_id = uuid.uuid4()
         claimed = await self.pool.fetchval(
             QUERIES["insert_run"],
@@ -224,28 +245,67 @@ class Daemon:
             self.instance,
         )
         if claimed is None:
-            return None
+            raise TickNotClaimed("claimed_elsewhere")
         report = await build_report(self.pool, schedule.max_age_hours)
         log_report(report)
         await self.pool.execute(QUERIES["finish_run"], run_id, "completed", None)
         return str(run_id)
 
+    async def _claim_instance_name(self) -> None:
+        """Refuse to start under a name a live daemon on this host already uses."""
+        row = await self.pool.fetchrow(QUERIES["select_instance"], self.instance)
+        if row is None or row["stopped_at"] is not None or row["host"] != socket.gethostname():
+            return
+        if row["pid"] != os.getpid() and _pid_alive(row["pid"]):
+            raise StsyncError(
+                f"instance name {self.instance!r} is in use by process {row['pid']} on this host: "
+                "stop it, or give this daemon its own [cluster] instance name"
+            )
+
+    async def _heartbeat(self) -> None:
+        await self.pool.execute(
+            QUERIES["heartbeat"], self.instance, socket.gethostname(), os.getpid(), __version__
+        )
+
+    async def _notify(self, payload: str) -> None:
+        await self.pool.execute("SELECT pg_notify($1, $2)", _CHANNEL, payload)
+
+    async def _listen(self) -> None:
+        """A dedicated connection hears the other instances (new work, finished items, cancels)."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        self._listener = await asyncpg.connect(self.settings.database.dsn.get_secret_value())
+
+        def on_message(_conn: Any, _pid: int, _channel: str, payload: object) -> None:
+            self.runner.on_notification(str(payload))
+
+        await self._listener.add_listener(_CHANNEL, on_message)
+
+    async def _sweep(self) -> None:
+        """Interrupt syncs whose daemon died, then settle their items and orphaned runs."""
+        swept = await sweep_orphans(self.pool)
+        if swept:
+            log_event(logger, logging.WARNING, "sync.orphans_interrupted", syncs=len(swept))
+        await self.runner.sweep(self.settings.cluster.lease_seconds)
+
     async def _housekeeping(self) -> None:
-        """Systemd STATUS=, and the orphan sweep that lets one instance take over another's work."""
+        """Heartbeat, systemd STATUS=, and the sweep through which instances take over dead ones."""
         sweep_every = self.settings.cluster.orphan_sweep_seconds
+        beat_every = min(5.0, self.settings.cluster.lease_seconds / 3)
         last_sweep = time.monotonic()
         while True:
-            await asyncio.sleep(min(5.0, sweep_every))
+            await asyncio.sleep(min(beat_every, sweep_every))
             self.notifier.status(self.runner.describe_running())
-            if time.monotonic() - last_sweep >= sweep_every:
-                last_sweep = time.monotonic()
-                try:
-                    swept = await sweep_orphans(self.pool)
-                except DB_ERRORS as exc:
-                    log_event(logger, logging.WARNING, "sweep.failed", error=describe_db_error(exc))
-                    continue
-                if swept:
-                    log_event(logger, logging.WARNING, "sync.orphans_interrupted", syncs=len(swept))
+            try:
+                await self._heartbeat()
+                await self._listen()
+                if time.monotonic() - last_sweep >= sweep_every:
+                    last_sweep = time.monotonic()
+                    await self._sweep()
+            except DB_ERRORS as exc:
+                log_event(
+                    logger, logging.WARNING, "housekeeping.failed", error=describe_db_error(exc)
+                )
 
     async def stop(self, *, grace_seconds: float | None = None) -> None:
         """Drain, then close everything; safe after a partial start."""
@@ -269,6 +329,12 @@ class Daemon:
                 await task
         if hasattr(self, "control"):
             await self.control.stop()
+        if self._listener is not None:
+            with contextlib.suppress(*DB_ERRORS):
+                await self._listener.close()
+        if hasattr(self, "pool"):
+            with contextlib.suppress(*DB_ERRORS):
+                await self.pool.execute(QUERIES["instance_stopped"], self.instance)
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         if hasattr(self, "client"):
@@ -276,6 +342,16 @@ class Daemon:
         if hasattr(self, "pool"):
             await self.pool.close()
         log_event(logger, logging.INFO, "daemon.stopped", instance=self.instance)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 async def serve(settings: Settings) -> None:

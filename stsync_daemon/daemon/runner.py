@@ -1,7 +1,11 @@
-"""Runs: batches of syncs, bounded by a semaphore, each sync bounded by a timeout.
+"""Runs: batches of syncs, spread over every instance that shares the database.
 
-A run is owned by the runner, not by whoever asked for it: a client that disconnects or a scheduler
-tick that is cancelled leaves the run going; `cancel()` and `shutdown()` are the ways to stop one.
+A run's (credential, data type) pairs become rows in `stsync.run_items`; each instance claims pending
+ones (`FOR UPDATE SKIP LOCKED`) while it has capacity under the run's `max_concurrent`, so one
+instance alone behaves as a semaphore-bounded batch and several share the work. The instance that
+created a run supervises it: it streams events, waits for every item, and writes the summary. A run
+belongs to the runner, not to whoever asked for it: a client that disconnects leaves it going;
+`cancel()` and `shutdown()` are the ways to stop one.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +42,7 @@ from ..control.protocol import (
 from ..enums import (
     CredentialStatus,
     DataType,
+    Environment,
     ErrorCategory,
     SyncMode,
     SyncStatus,
@@ -57,11 +63,19 @@ from ..sync.engine import (
     SyncRequest,
     SyncResult,
 )
-from .views import iso, skipped_view, sync_view_from_result
+from .scheduler import TickSkipped
+from .views import iso, skipped_view, sync_view_from_row
 
 logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
+Notify = Callable[[str], Awaitable[None]]
+_POLL_SECONDS = 1.0
+_SUPERVISE_POLL_SECONDS = 0.5
+
+
+class TickNotClaimed(TickSkipped):
+    """A tick another instance ran (`claimed_elsewhere`) or whose schedule still runs."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,7 @@ class WorkItem:
 
 @dataclass
 class Run:
-    """A batch in flight."""
+    """A batch this instance created and supervises."""
 
     id: uuid.UUID
     action: str
@@ -90,12 +104,10 @@ class Run:
     timeout_seconds: float
     started_at: datetime
     task: asyncio.Task[RunSummary] | None = None
-    controls: dict[tuple[uuid.UUID, DataType], SyncControl] = field(default_factory=dict)
-    tasks: dict[tuple[uuid.UUID, DataType], asyncio.Task[None]] = field(default_factory=dict)
-    results: list[SyncView] = field(default_factory=list)
     subscribers: list[asyncio.Queue[Event | None]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_status: SyncStatus | None = None
-    unexpected: bool = False
+    stop_waiting: bool = False
 
     @property
     def total_credentials(self) -> int:
@@ -106,8 +118,18 @@ class Run:
             queue.put_nowait(event)
 
 
+@dataclass
+class LocalSync:
+    """A claimed item running in this instance."""
+
+    run_id: uuid.UUID
+    sync_id: uuid.UUID
+    control: SyncControl
+    task: asyncio.Task[None] | None = None
+
+
 class Runner:
-    """Plans and executes runs; the single place that decides which syncs happen."""
+    """Plans runs, claims and executes their syncs, and supervises the runs it created."""
 
     def __init__(
         self,
@@ -119,6 +141,7 @@ class Runner:
         settings: Settings,
         metrics: Metrics,
         instance: str,
+        notify: Notify | None = None,
     ) -> None:
         self._pool = pool
         self._engine = engine
@@ -127,30 +150,33 @@ class Runner:
         self._settings = settings
         self._metrics = metrics
         self._instance = instance
-        self._runs: dict[uuid.UUID, Run] = {}
+        self._notify = notify
+        self._owned: dict[uuid.UUID, Run] = {}
+        self._local: dict[tuple[uuid.UUID, uuid.UUID, str], LocalSync] = {}
+        self._wakeup = asyncio.Event()
         self._accepting = True
-        self.schedule_views: Any = None  # set by the daemon: () -> list[ScheduleView]
+        self._claiming = True
+        self.schedule_views: Callable[[], list[ScheduleView]] | None = None
 
     # -- queries ---------------------------------------------------------------------------
 
     @property
     def running_runs(self) -> int:
-        return len(self._runs)
+        return len(self._owned)
 
     @property
     def running_syncs(self) -> int:
-        return sum(len(run.tasks) for run in self._runs.values())
+        return len(self._local)
 
     def describe_running(self) -> str:
         """One line for systemd's STATUS=."""
-        if not self._runs:
+        if not self._owned and not self._local:
             return "idle"
-        return f"{self.running_runs} run(s), {self.running_syncs} sync(s) in flight"
+        return f"{self.running_runs} run(s) supervised, {self.running_syncs} sync(s) in flight"
 
-    def is_running(self, run_id: uuid.UUID) -> bool:
-        return run_id in self._runs
-
-    # -- selection ---------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Look for claimable work now rather than at the next poll."""
+        self._wakeup.set()
 
     async def _select_process(
         self, request: ProcessRequest, trigger: Trigger
@@ -317,8 +343,8 @@ class Runner:
         *,
         schedule_name: str | None = None,
         scheduled_for: datetime | None = None,
-    ) -> Run | None:
-        """Start a run; None when its scheduled tick was already claimed (by another instance)."""
+    ) -> Run:
+        """Start a run; raises `TickNotClaimed` when a scheduled tick is not this one's to run."""
         items, skipped = await self._select_process(request, trigger)
         return await self._start(
             "process",
@@ -339,7 +365,7 @@ class Runner:
         *,
         schedule_name: str | None = None,
         scheduled_for: datetime | None = None,
-    ) -> Run | None:
+    ) -> Run:
         items, skipped = await self._select_retry(request)
         return await self._start(
             "retry",
@@ -365,22 +391,52 @@ class Runner:
         timeout_seconds: float | None,
         schedule_name: str | None,
         scheduled_for: datetime | None,
-    ) -> Run | None:
+    ) -> Run:
         if not self._accepting:
             raise StsyncError("the daemon is shutting down and accepts no new runs")
         run_id = uuid.uuid4()
-        started_at = await self._pool.fetchval(
-            QUERIES["insert_run"],
-            run_id,
-            action,
-            trigger.value,
-            schedule_name,
-            scheduled_for,
-            orjson.dumps(params),
-            self._instance,
-        )
-        if started_at is None:
-            return None  # this (schedule, fire time) is taken
+        concurrency = max_concurrent or self._settings.sync.max_concurrent
+        timeout = timeout_seconds or self._settings.sync.timeout_seconds
+        async with self._pool.acquire() as conn, conn.transaction():
+            if schedule_name is not None and scheduled_for is not None:
+                started_at = await conn.fetchval(
+                    QUERIES["claim_tick"],
+                    run_id,
+                    action,
+                    trigger.value,
+                    schedule_name,
+                    scheduled_for,
+                    orjson.dumps(params),
+                    self._instance,
+                    concurrency,
+                    timeout,
+                )
+                if started_at is None:
+                    taken = await conn.fetchval(QUERIES["tick_taken"], schedule_name, scheduled_for)
+                    raise TickNotClaimed("claimed_elsewhere" if taken else "still_running")
+            else:
+                started_at = await conn.fetchval(
+                    QUERIES["insert_manual_run"],
+                    run_id,
+                    action,
+                    trigger.value,
+                    orjson.dumps(params),
+                    self._instance,
+                    concurrency,
+                    timeout,
+                )
+            if items:
+                await conn.execute(
+                    QUERIES["insert_run_items"],
+                    run_id,
+                    list(range(len(items))),
+                    [i.credential.id for i in items],
+                    [i.data_type.value for i in items],
+                    [i.mode.value for i in items],
+                    [i.trigger.value for i in items],
+                    [i.retry_of for i in items],
+                    [i.attempt for i in items],
+                )
         run = Run(
             id=run_id,
             action=action,
@@ -388,12 +444,12 @@ class Runner:
             schedule_name=schedule_name,
             items=items,
             skipped=skipped,
-            max_concurrent=max_concurrent or self._settings.sync.max_concurrent,
-            timeout_seconds=timeout_seconds or self._settings.sync.timeout_seconds,
+            max_concurrent=concurrency,
+            timeout_seconds=timeout,
             started_at=started_at,
         )
-        self._runs[run_id] = run
-        run.task = asyncio.create_task(self._execute(run), name=f"stsync-run-{run_id}")
+        self._owned[run_id] = run
+        run.task = asyncio.create_task(self._supervise(run), name=f"stsync-run-{run_id}")
         log_event(
             logger,
             logging.INFO,
@@ -405,9 +461,35 @@ class Runner:
             syncs=len(items),
             credentials=run.total_credentials,
             skipped=len(skipped),
-            max_concurrent=run.max_concurrent,
+            max_concurrent=concurrency,
         )
+        self.wake()
+        await self._announce("work")
         return run
+
+    async def _announce(self, payload: str) -> None:
+        if self._notify is None:
+            return
+        try:
+            await self._notify(payload)
+        except DB_ERRORS as exc:
+            log_event(
+                logger, logging.WARNING, "cluster.notify_failed", error=describe_db_error(exc)
+            )
+
+    def on_notification(self, payload: str) -> None:
+        """A message from another instance (or ourselves) on the cluster channel."""
+        kind, _, value = payload.partition(":")
+        if kind == "work":
+            self.wake()
+        elif kind == "done":
+            with contextlib.suppress(ValueError):
+                run = self._owned.get(uuid.UUID(value))
+                if run is not None:
+                    run.changed.set()
+        elif kind in ("cancel-run", "cancel-sync"):
+            with contextlib.suppress(ValueError):
+                self._cancel_local(uuid.UUID(value), SyncStatus.CANCELLED)
 
     def subscribe(self, run: Run) -> asyncio.Queue[Event | None]:
         """A queue of this run's events, ending with None after `run.finished`."""
@@ -434,164 +516,154 @@ class Runner:
             "skipped": run.skipped,
         }
 
-    async def _execute(self, run: Run) -> RunSummary:
-        semaphore = asyncio.Semaphore(run.max_concurrent)
-        clock0 = time.monotonic()
-        try:
-            for item in run.items:
-                key = (item.credential.id, item.data_type)
-                if key in run.tasks:
-                    continue
-                run.tasks[key] = asyncio.create_task(self._sync_one(run, item, semaphore))
-            if run.tasks:
-                await asyncio.wait(list(run.tasks.values()))
-        except asyncio.CancelledError:
-            run.cancel_status = run.cancel_status or SyncStatus.INTERRUPTED
-            for task in run.tasks.values():
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*run.tasks.values(), return_exceptions=True)
-        status = (
-            run.cancel_status.value
-            if run.cancel_status is not None
-            else ("failed" if run.unexpected else "completed")
-        )
-        summary = self._summary(run, status, time.monotonic() - clock0)
-        try:
-            await self._pool.execute(
-                QUERIES["finish_run"], run.id, status, orjson.dumps(_summary_record(summary))
-            )
-        except DB_ERRORS as exc:
-            log_event(
-                logger,
-                logging.ERROR,
-                "run.unrecorded",
-                run_id=run.id,
-                error=describe_db_error(exc),
-            )
-        self._metrics.run_finished(run.action, run.trigger, status)
-        log_event(
-            logger,
-            logging.INFO,
-            "run.finished",
-            run_id=run.id,
-            action=run.action,
-            status=status,
-            successful=summary["successful_syncs"],
-            failed=summary["failed_syncs"],
-            records=summary["total_records_processed"],
-            seconds=round(summary["execution_time_seconds"], 3),
-        )
-        run.publish({"event": EVENT_RUN_FINISHED, "summary": summary})
-        for queue in run.subscribers:
-            queue.put_nowait(None)
-        self._runs.pop(run.id, None)
-        return summary
+    # -- claiming and running items -----------------------------------------------------------
 
-    def _summary(self, run: Run, status: str, seconds: float) -> RunSummary:
-        successful = sum(1 for s in run.results if s["status"] == SyncStatus.COMPLETED)
-        failed_skips = [s for s in run.skipped if s["reason"].startswith("could not start")]
+    async def work_loop(self) -> None:
+        """Claim pending items of any running run while this instance has capacity."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), _POLL_SECONDS)
+            self._wakeup.clear()
+            if not self._claiming:
+                continue
+            try:
+                await self._claim_round()
+            except DB_ERRORS as exc:
+                log_event(
+                    logger, logging.WARNING, "cluster.claim_failed", error=describe_db_error(exc)
+                )
+                await asyncio.sleep(_POLL_SECONDS)
+
+    async def _claim_round(self) -> None:
+        for row in await self._pool.fetch(QUERIES["runs_with_pending_items"]):
+            run_id: uuid.UUID = row["id"]
+            in_flight = sum(1 for key in self._local if key[0] == run_id)
+            free = row["max_concurrent"] - in_flight
+            if free <= 0 or not self._claiming:
+                continue
+            for item in await self._pool.fetch(
+                QUERIES["claim_items"], run_id, self._instance, free
+            ):
+                key = (run_id, item["credential_id"], item["data_type"])
+                local = LocalSync(run_id, item["sync_id"], SyncControl())
+                self._local[key] = local
+                local.task = asyncio.create_task(
+                    self._run_item(run_id, row["timeout_seconds"], item, local),
+                    name=f"stsync-sync-{item['sync_id']}",
+                )
+
+    async def _run_item(
+        self, run_id: uuid.UUID, limit_seconds: float, item: asyncpg.Record, local: LocalSync
+    ) -> None:
+        data_type = DataType(item["data_type"])
+        key = (run_id, item["credential_id"], item["data_type"])
+        outcome: str | None = None
+        run = self._owned.get(run_id)
+        env: Environment | None = None
+        started = False
+        result: SyncResult | None = None
+        try:
+            credential = await self._credentials.get(item["credential_id"])
+            env = credential.environment
+            request = SyncRequest(
+                credential=credential,
+                data_type=data_type,
+                mode=SyncMode(item["mode"]),
+                trigger=Trigger(item["trigger"]),
+                run_id=run_id,
+                retry_of=item["retry_of"],
+                attempt=item["attempt"],
+                timeout_seconds=limit_seconds,
+                sync_id=item["sync_id"],
+            )
+            self._metrics.sync_started(env, data_type)
+            started = True
+            if run is not None:
+                run.publish(
+                    self._sync_event(
+                        EVENT_SYNC_STARTED, run_id, credential, data_type, mode=item["mode"]
+                    )
+                )
+            result = await self._engine.synchronize(
+                request,
+                progress=self._progress_publisher(run, credential, data_type),
+                control=local.control,
+            )
+        except SyncAlreadyRunning as exc:
+            outcome = f"skipped: {exc}"
+        except asyncio.CancelledError:
+            result = local.control.result
+            raise
+        except NotFoundError as exc:
+            outcome = f"could not start: {exc}"
+        except StsyncError as exc:
+            outcome = f"could not start: {exc}"
+        except Exception as exc:
+            logger.critical("run.sync_crashed", exc_info=exc)
+            outcome = f"unexpected: {type(exc).__name__}: {exc}"
+        finally:
+            self._local.pop(key, None)
+            if started and env is not None:
+                self._record(result or local.control.result, env, data_type)
+            with contextlib.suppress(*DB_ERRORS):
+                await asyncio.shield(
+                    self._pool.execute(
+                        QUERIES["finish_item"],
+                        run_id,
+                        item["credential_id"],
+                        item["data_type"],
+                        outcome,
+                    )
+                )
+            if run is not None:
+                run.changed.set()
+            else:
+                await self._announce(f"done:{run_id}")
+            self.wake()
+
+    def _sync_event(
+        self,
+        kind: str,
+        run_id: uuid.UUID,
+        credential: Credential,
+        data_type: DataType,
+        **extra: Any,
+    ) -> Event:
         return {
-            "run_id": str(run.id),
-            "action": run.action,
-            "trigger": run.trigger.value,
-            "status": status,
-            "total_credentials": run.total_credentials,
-            "total_syncs": len(run.results),
-            "successful_syncs": successful,
-            "failed_syncs": len(run.results) - successful + len(failed_skips),
-            "total_records_processed": sum(s["records_processed"] for s in run.results),
-            "execution_time_seconds": round(seconds, 3),
-            "started_at": iso(run.started_at) or "",
-            "completed_at": iso(datetime.now(UTC)) or "",
-            "syncs": run.results,
-            "skipped": run.skipped,
+            "event": kind,
+            "run_id": str(run_id),
+            "credential_id": str(credential.id),
+            "company_id": credential.company_id,
+            "company": credential.company_name,
+            "environment": credential.environment.value,
+            "data_type": data_type.value,
+            **extra,
         }
 
-    async def _sync_one(self, run: Run, item: WorkItem, semaphore: asyncio.Semaphore) -> None:
-        credential = item.credential
-        control = SyncControl()
-        run.controls[(credential.id, item.data_type)] = control
-        request = SyncRequest(
-            credential=credential,
-            data_type=item.data_type,
-            mode=item.mode,
-            trigger=item.trigger,
-            run_id=run.id,
-            retry_of=item.retry_of,
-            attempt=item.attempt,
-            timeout_seconds=run.timeout_seconds,
-        )
-        env, data_type = credential.environment, item.data_type
-        started = False
+    def _progress_publisher(
+        self, run: Run | None, credential: Credential, data_type: DataType
+    ) -> Callable[[SyncProgress], None] | None:
+        if run is None:
+            return None
 
-        def on_progress(progress: SyncProgress) -> None:
-            nonlocal started
-            if not started:
-                return
+        def publish(progress: SyncProgress) -> None:
             run.publish(
-                {
-                    "event": EVENT_SYNC_PROGRESS,
-                    "run_id": str(run.id),
-                    "sync_id": str(progress.sync_id),
-                    "credential_id": str(credential.id),
-                    "company": credential.company_name,
-                    "environment": env.value,
-                    "data_type": data_type.value,
-                    "records_processed": progress.records_processed,
-                    "records_failed": progress.records_failed,
-                    "pages": progress.pages,
-                    "rate": round(progress.rate, 1),
-                }
-            )
-
-        try:
-            async with semaphore:
-                if run.cancel_status is not None:
-                    return
-                self._metrics.sync_started(env, data_type)
-                started = True
-                run.publish(
-                    {
-                        "event": EVENT_SYNC_STARTED,
-                        "run_id": str(run.id),
-                        "credential_id": str(credential.id),
-                        "company_id": credential.company_id,
-                        "company": credential.company_name,
-                        "environment": env.value,
-                        "data_type": data_type.value,
-                        "mode": item.mode.value,
-                    }
+                self._sync_event(
+                    EVENT_SYNC_PROGRESS,
+                    run.id,
+                    credential,
+                    data_type,
+                    sync_id=str(progress.sync_id),
+                    records_processed=progress.records_processed,
+                    records_failed=progress.records_failed,
+                    pages=progress.pages,
+                    rate=round(progress.rate, 1),
                 )
-                result: SyncResult | None = None
-                try:
-                    result = await self._engine.synchronize(
-                        request, progress=on_progress, control=control
-                    )
-                finally:
-                    self._record(run, result, control, env, data_type)
-        except SyncAlreadyRunning as exc:
-            run.skipped.append(skipped_view(credential, data_type, str(exc)))
-        except asyncio.CancelledError:
-            raise
-        except StsyncError as exc:
-            run.skipped.append(skipped_view(credential, data_type, f"could not start: {exc}"))
-        except Exception as exc:
-            run.unexpected = True
-            logger.critical("run.sync_crashed", exc_info=exc)
-            run.skipped.append(
-                skipped_view(credential, data_type, f"could not start: unexpected {exc!r}")
             )
 
-    def _record(
-        self,
-        run: Run,
-        result: SyncResult | None,
-        control: SyncControl,
-        env: Any,
-        data_type: DataType,
-    ) -> None:
-        result = result or control.result
+        return publish
+
+    def _record(self, result: SyncResult | None, env: Environment, data_type: DataType) -> None:
         if result is None:
             # Never started (already running elsewhere, or the database refused): not a sync.
             self._metrics.syncs_running.labels(env, data_type).dec()
@@ -614,63 +686,290 @@ class Runner:
                 data_type,
                 result.completed_at,
             )
-        view = sync_view_from_result(result, self._instance)
-        run.results.append(view)
-        run.publish({"event": EVENT_SYNC_FINISHED, "run_id": str(run.id), "sync": view})
-        if result.error_category is ErrorCategory.UNEXPECTED and result.status is SyncStatus.FAILED:
-            run.unexpected = True
 
-    # -- cancellation and shutdown ------------------------------------------------------------
+    # -- supervising a run ------------------------------------------------------------------
 
-    def cancel(self, target: uuid.UUID) -> str:
-        """Cancel a running run or sync of this instance; returns "run" or "sync"."""
-        run = self._runs.get(target)
-        if run is not None:
-            self._cancel_run(run, SyncStatus.CANCELLED)
-            return "run"
-        for run in self._runs.values():
-            for key, control in run.controls.items():
-                if control.sync_id == target:
-                    control.cancel_status = SyncStatus.CANCELLED
-                    task = run.tasks.get(key)
-                    if task is not None:
-                        task.cancel()
-                    return "sync"
-        raise NotFoundError(f"no running run or sync with id {target}")
+    async def _supervise(self, run: Run) -> RunSummary:
+        clock0 = time.monotonic()
+        published: set[uuid.UUID] = set()
+        try:
+            while True:
+                await self._publish_finished(run, published)
+                if run.stop_waiting:
+                    break
+                progress = await self._pool.fetchrow(QUERIES["run_progress"], run.id)
+                if progress is None or progress["open"] == 0:
+                    await self._publish_finished(run, published)
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.changed.wait(), _SUPERVISE_POLL_SECONDS)
+                run.changed.clear()
+        except asyncio.CancelledError:
+            run.cancel_status = run.cancel_status or SyncStatus.INTERRUPTED
+        except DB_ERRORS as exc:
+            log_event(
+                logger,
+                logging.ERROR,
+                "run.supervise_failed",
+                run_id=run.id,
+                error=describe_db_error(exc),
+            )
+            run.cancel_status = run.cancel_status or SyncStatus.INTERRUPTED
+        summary = await self.finalize(
+            run.id,
+            run.action,
+            run.trigger,
+            run.started_at,
+            run.skipped,
+            time.monotonic() - clock0,
+            run.cancel_status,
+        )
+        run.publish({"event": EVENT_RUN_FINISHED, "summary": summary})
+        for queue in run.subscribers:
+            queue.put_nowait(None)
+        self._owned.pop(run.id, None)
+        return summary
 
-    def _cancel_run(self, run: Run, status: SyncStatus) -> None:
-        run.cancel_status = status
-        for key, task in run.tasks.items():
-            control = run.controls.get(key)
-            if control is not None:
-                control.cancel_status = status
-            task.cancel()
+    async def _publish_finished(self, run: Run, published: set[uuid.UUID]) -> None:
+        for row in await self._pool.fetch(QUERIES["finished_syncs_of_run"], run.id):
+            if row["id"] not in published:
+                published.add(row["id"])
+                run.publish(
+                    {
+                        "event": EVENT_SYNC_FINISHED,
+                        "run_id": str(run.id),
+                        "sync": sync_view_from_row(row),
+                    }
+                )
 
-    def interrupt_all(self) -> None:
-        """Cancel every running sync now, logged `interrupted` (a second stop signal)."""
-        for run in list(self._runs.values()):
-            self._cancel_run(run, SyncStatus.INTERRUPTED)
-
-    async def shutdown(self, grace_seconds: float) -> None:
-        """Stop taking runs, let running syncs finish for `grace_seconds`, then interrupt them."""
-        self._accepting = False
-        tasks = [run.task for run in self._runs.values() if run.task is not None]
-        if not tasks:
-            return
+    async def finalize(
+        self,
+        run_id: uuid.UUID,
+        action: str,
+        trigger: Trigger,
+        started_at: datetime,
+        skipped: list[SkippedView],
+        seconds: float | None,
+        cancel_status: SyncStatus | None,
+    ) -> RunSummary:
+        """Write a run's summary from the sync log (every instance's syncs) and close it."""
+        syncs: list[SyncView] = []
+        skipped = list(skipped)
+        unexpected = False
+        try:
+            syncs = [
+                sync_view_from_row(r)
+                for r in await self._pool.fetch(QUERIES["finished_syncs_of_run"], run_id)
+            ]
+            for row in await self._pool.fetch(QUERIES["run_item_outcomes"], run_id):
+                unexpected = unexpected or row["outcome"].startswith("unexpected")
+                skipped.append(
+                    {
+                        "credential_id": str(row["credential_id"]),
+                        "company_id": row["company_id"],
+                        "company": row["company_name"],
+                        "environment": row["environment"],
+                        "data_type": row["data_type"],
+                        "reason": row["outcome"],
+                    }
+                )
+        except DB_ERRORS as exc:
+            log_event(
+                logger,
+                logging.ERROR,
+                "run.summary_failed",
+                run_id=run_id,
+                error=describe_db_error(exc),
+            )
+        unexpected = unexpected or any(
+            s["status"] == SyncStatus.FAILED and s["error_category"] == ErrorCategory.UNEXPECTED
+            for s in syncs
+        )
+        status = cancel_status.value if cancel_status else ("failed" if unexpected else "completed")
+        now = datetime.now(UTC)
+        successful = sum(1 for s in syncs if s["status"] == SyncStatus.COMPLETED)
+        not_started = sum(
+            1
+            for s in skipped
+            if s["reason"].startswith(("could not start", "unexpected", "interrupted"))
+        )
+        summary: RunSummary = {
+            "run_id": str(run_id),
+            "action": action,
+            "trigger": trigger.value,
+            "status": status,
+            "total_credentials": len(
+                {s["credential_id"] for s in syncs}
+                | {
+                    s["credential_id"]
+                    for s in skipped
+                    if not s["reason"].startswith(
+                        ("credential", "scheduled", "gave up", "authentication")
+                    )
+                }
+            ),
+            "total_syncs": len(syncs),
+            "successful_syncs": successful,
+            "failed_syncs": len(syncs) - successful + not_started,
+            "total_records_processed": sum(s["records_processed"] for s in syncs),
+            "execution_time_seconds": round(
+                seconds if seconds is not None else (now - started_at).total_seconds(), 3
+            ),
+            "started_at": iso(started_at) or "",
+            "completed_at": iso(now) or "",
+            "syncs": syncs,
+            "skipped": skipped,
+        }
+        try:
+            await self._pool.execute(
+                QUERIES["finish_run"],
+                run_id,
+                status,
+                orjson.dumps({k: v for k, v in summary.items() if k != "syncs"}),
+            )
+        except DB_ERRORS as exc:
+            log_event(
+                logger, logging.ERROR, "run.unrecorded", run_id=run_id, error=describe_db_error(exc)
+            )
+        self._metrics.run_finished(action, trigger, status)
         log_event(
             logger,
             logging.INFO,
-            "daemon.draining",
-            runs=len(tasks),
-            syncs=self.running_syncs,
-            grace_seconds=grace_seconds,
+            "run.finished",
+            run_id=run_id,
+            action=action,
+            status=status,
+            successful=summary["successful_syncs"],
+            failed=summary["failed_syncs"],
+            records=summary["total_records_processed"],
+            seconds=summary["execution_time_seconds"],
         )
-        _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
-        if pending:
-            self.interrupt_all()
-            await asyncio.wait(pending, timeout=10)
+        return summary
 
+    # -- cancellation, failover and shutdown --------------------------------------------------
 
-def _summary_record(summary: RunSummary) -> dict[str, Any]:
-    """What the runs table keeps: the counts, not every sync (those are in the sync log)."""
-    return {k: v for k, v in summary.items() if k not in ("syncs",)}
+    def _cancel_local(self, target: uuid.UUID, status: SyncStatus) -> bool:
+        """Cancel local syncs of a run, or the local sync with this id; True if any."""
+        hit = False
+        for local in list(self._local.values()):
+            if target in (local.run_id, local.sync_id) and local.task is not None:
+                local.control.cancel_status = status
+                local.task.cancel()
+                hit = True
+        run = self._owned.get(target)
+        if run is not None:
+            run.cancel_status = status
+            run.changed.set()
+            hit = True
+        return hit
+
+    async def cancel(self, target: uuid.UUID) -> str:
+        """Cancel a running run or sync, whichever instance runs it; returns "run" or "sync"."""
+        status = await self._pool.fetchrow(QUERIES["run_status"], target)
+        if status is not None and status["status"] == "running":
+            await self._pool.execute(
+                QUERIES["cancel_pending_items"], target, "cancelled by an operator"
+            )
+            self._cancel_local(target, SyncStatus.CANCELLED)
+            await self._announce(f"cancel-run:{target}")
+            return "run"
+        running = await self._pool.fetchrow(QUERIES["sync_running_where"], target)
+        if running is not None or any(local.sync_id == target for local in self._local.values()):
+            if not self._cancel_local(target, SyncStatus.CANCELLED):
+                await self._announce(f"cancel-sync:{target}")
+            return "sync"
+        raise NotFoundError(f"no running run or sync with id {target}")
+
+    async def sweep(self, lease_seconds: float) -> None:
+        """Settle items and runs whose instance died, so runs finish and the next tick resumes."""
+        settled = await self._pool.fetch(QUERIES["settle_orphaned_items"], lease_seconds)
+        for run_id in {r["run_id"] for r in settled}:
+            run = self._owned.get(run_id)
+            if run is not None:
+                run.changed.set()
+        for row in await self._pool.fetch(QUERIES["orphaned_runs"], lease_seconds):
+            if row["id"] in self._owned:
+                continue
+            detail = await self._pool.fetchrow(
+                "SELECT action, trigger, started_at FROM stsync.runs WHERE id = $1", row["id"]
+            )
+            if detail is None:
+                continue
+            log_event(logger, logging.WARNING, "run.orphan_finalized", run_id=row["id"])
+            await self.finalize(
+                row["id"],
+                detail["action"],
+                Trigger(detail["trigger"]),
+                detail["started_at"],
+                [],
+                None,
+                SyncStatus.INTERRUPTED,
+            )
+
+    async def recover(self) -> None:
+        """At start-up: runs this instance left running when it died are closed, not resumed.
+
+        Their pending syncs are cancelled (the next tick or a retry resumes each pair from its
+        cursor), exactly as a single daemon always behaved.
+        """
+        for row in await self._pool.fetch(QUERIES["own_running_runs"], self._instance):
+            await self._pool.execute(
+                QUERIES["cancel_pending_items"],
+                row["id"],
+                "interrupted: the daemon stopped before it started",
+            )
+        await self._pool.fetch(QUERIES["settle_orphaned_items"], 0.0)
+        for row in await self._pool.fetch(QUERIES["own_running_runs"], self._instance):
+            detail = await self._pool.fetchrow(
+                "SELECT action, trigger, started_at FROM stsync.runs WHERE id = $1", row["id"]
+            )
+            if detail is not None:
+                await self.finalize(
+                    row["id"],
+                    detail["action"],
+                    Trigger(detail["trigger"]),
+                    detail["started_at"],
+                    [],
+                    None,
+                    SyncStatus.INTERRUPTED,
+                )
+
+    def interrupt_all(self) -> None:
+        """Cancel every local sync now, logged `interrupted` (a second stop signal)."""
+        for local in list(self._local.values()):
+            if local.task is not None:
+                local.control.cancel_status = SyncStatus.INTERRUPTED
+                local.task.cancel()
+
+    async def shutdown(self, grace_seconds: float) -> None:
+        """Stop taking work, let local syncs finish for `grace_seconds`, then interrupt them."""
+        self._accepting = False
+        self._claiming = False
+        for run in self._owned.values():
+            with contextlib.suppress(*DB_ERRORS):
+                await self._pool.execute(
+                    QUERIES["cancel_pending_items"],
+                    run.id,
+                    "interrupted: the daemon stopped before it started",
+                )
+        tasks = [local.task for local in self._local.values() if local.task is not None]
+        if tasks:
+            log_event(
+                logger,
+                logging.INFO,
+                "daemon.draining",
+                syncs=len(tasks),
+                grace_seconds=grace_seconds,
+            )
+            _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+            if pending:
+                self.interrupt_all()
+                await asyncio.wait(pending, timeout=10)
+        runs = [run for run in self._owned.values() if run.task is not None]
+        for run in runs:
+            if run.cancel_status is None and tasks:
+                run.cancel_status = SyncStatus.INTERRUPTED
+            run.stop_waiting = True
+            run.changed.set()
+        if runs:
+            await asyncio.wait([run.task for run in runs if run.task is not None], timeout=10)

@@ -26,7 +26,15 @@ from ..metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-Action = Callable[[ScheduleConfig, datetime], Awaitable[str | None]]
+Action = Callable[[ScheduleConfig, datetime], Awaitable[str]]
+
+
+class TickSkipped(Exception):
+    """Raised by an action when its tick did not become a run; `reason` is a metrics label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass
@@ -118,15 +126,15 @@ class Scheduler:
             run_id = await self._action(state.config, scheduled_for)
         except asyncio.CancelledError:
             raise
+        except TickSkipped as exc:
+            state.skips += 1
+            self._metrics.schedule_skipped(name, exc.reason)
+            return
         except Exception as exc:
             logger.critical("schedule.crashed", exc_info=exc)
             return
         finally:
             state.running = False
-        if run_id is None:
-            state.skips += 1
-            self._metrics.schedule_skipped(name, "claimed_elsewhere")
-            return
         state.runs += 1
         state.last_fire_at = scheduled_for
         state.last_run_id = run_id

@@ -191,15 +191,12 @@ def render_list(dataset: Dataset, query: Mapping[str, str]) -> bytes:
             if not include_total:
                 break
         matched += 1
-    return orjson.dumps(
-        {
-            "page": page,
-            "pageSize": page_size,
-            "hasMore": has_more,
-            "totalCount": matched if include_total else None,
-            "data": [dataset.render(record_id) for record_id in out],
-        }
-    )
+    total = str(matched) if include_total else "null"
+    data = ",".join([dataset.render_json(record_id) for record_id in out])
+    return (
+        f'{{"page":{page},"pageSize":{page_size},"hasMore":{"true" if has_more else "false"},'
+        f'"totalCount":{total},"data":[{data}]}}'
+    ).encode()
 
 
 def render_export(state: SandboxState, dataset: Dataset, query: Mapping[str, str]) -> bytes:
@@ -225,13 +222,11 @@ def render_export(state: SandboxState, dataset: Dataset, query: Mapping[str, str
     body = state.cache.get(cache_key)
     if body is None:
         last = dataset.key_of(ids[-1]) if ids else key
-        body = orjson.dumps(
-            {
-                "hasMore": has_more,
-                "continueFrom": dataset.encode_token(last),
-                "data": [dataset.render(record_id) for record_id in ids],
-            }
-        )
+        data = ",".join([dataset.render_json(record_id) for record_id in ids])
+        body = (
+            f'{{"hasMore":{"true" if has_more else "false"},'
+            f'"continueFrom":"{dataset.encode_token(last)}","data":[{data}]}}'
+        ).encode()
         state.cache.put(cache_key, body)
     return body
 

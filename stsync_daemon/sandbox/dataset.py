@@ -16,14 +16,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from ..enums import DataType, Environment
 from .clock import TICKS_PER_MS, format_ticks, parse_datetime
 from .records import (
     CUSTOMER_ID_BASE,
     INVOICE_ID_BASE,
     MASK64,
+    customer_json,
     mix,
-    render_customer,
     render_invoice,
 )
 from .truth import combine, format_digest, row_hash
@@ -143,12 +145,12 @@ class Dataset:
         ticks = self._base_ticks(index)
         return ticks, self._base_active(index), 0, self._base_created(index, ticks)
 
-    def render(self, record_id: int) -> dict[str, Any]:
-        """The record as served now."""
+    def render_json(self, record_id: int) -> str:
+        """The record as served now, as JSON text."""
         ticks, active, version, created = self.state(record_id)
         if self.data_type is DataType.CUSTOMERS:
-            return render_customer(self._salt, record_id, version, ticks, created, active)
-        return render_invoice(
+            return customer_json(self._salt, record_id, version, ticks, created, active)
+        record = render_invoice(
             self._salt,
             record_id,
             version,
@@ -158,6 +160,12 @@ class Dataset:
             self._customer_salt,
             self._customers,
         )
+        return orjson.dumps(record).decode()
+
+    def render(self, record_id: int) -> dict[str, Any]:
+        """The record as served now."""
+        record: dict[str, Any] = orjson.loads(self.render_json(record_id))
+        return record
 
     # --- export order --------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from .clock import format_ticks
 
 MASK64 = (1 << 64) - 1
@@ -220,100 +222,103 @@ def _money(cents: int) -> str:
     return f"{sign}{cents // 100}.{cents % 100:02d}"
 
 
-def _field_pool(
-    type_id: int, name: str, values: tuple[str | None, ...]
-) -> tuple[dict[str, Any], ...]:
-    # Shared, never mutated: orjson serialises the same dict object as often as it appears.
-    return tuple({"typeId": type_id, "name": name, "value": v} for v in values)
+def _j(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
+def _field_pool(type_id: int, name: str, values: tuple[str | None, ...]) -> tuple[str, ...]:
+    return tuple(_j({"typeId": type_id, "name": name, "value": v}) for v in values)
+
+
+# Customers are rendered straight to JSON text from pre-encoded fragments: about 4x faster than
+# building dicts for orjson, and every string in the pools is plain ASCII without escapes.
 _CF_SOURCE = _field_pool(2001, "Lead Source", _LEAD_SOURCES)
 _CF_SYSTEM = _field_pool(2002, "Equipment", _SYSTEMS)
 _CF_TIME = _field_pool(2003, "Preferred Time", _PREFERRED)
 _CF_NOTES = _field_pool(2004, "Access Notes", _NOTES)
 _CF_REFERRAL = _field_pool(2006, "Referral Code", (None, None, "FRIEND25", "SPRING10"))
 _CF_ZONE = _field_pool(2007, "Service Zone", tuple(f"Zone {k}" for k in range(1, 17)))
-_CF_SCORE = _field_pool(2008, "Last Survey Score", tuple(str(k) for k in range(11)) + ("",) * 5)
+_CF_SCORE = _field_pool(
+    2008, "Last Survey Score", (*(str(k) for k in range(11)), "", "", "", "", "")
+)
 _STREET_NAMES = tuple(f"{s} {t}" for s in _STREETS for t in _STREET_TYPES)
 _NAMES = tuple(f"{f} {last}" for last in _LAST for f in _FIRST)
 _COMPANY_NAMES = tuple(f"{last} {c}" for last in _LAST for c in _COMPANY)
-_TAG_SETS = tuple([_TAGS[(k * 7 + j * 5) % len(_TAGS)] for j in range(k % 4)] for k in range(64))
-# city, state, zip, latitude, longitude: 16 cities x 64 jittered points x 4 zips
-_PLACES = tuple(
+_NAMES_J = tuple(_j(n) for n in _NAMES)
+_COMPANY_NAMES_J = tuple(_j(n) for n in _COMPANY_NAMES)
+_UNITS_J = tuple(_j(u) for u in _UNITS)
+_TAG_SETS_J = tuple(
+    _j([_TAGS[(k * 7 + j * 5) % len(_TAGS)] for j in range(k % 4)]) for k in range(64)
+)
+# 16 cities x 64 jittered points: the JSON around "country" inside "address".
+_PLACES_J = tuple(
     (
-        city,
-        state,
-        f"{prefix}{(k * 37) % 100:02d}",
-        round(lat + (k * 53 % 64 - 32) / 900, 6),
-        round(lon + (k * 29 % 64 - 32) / 900, 6),
+        f',"city":{_j(city)},"state":{_j(state)},"zip":"{prefix}{(k * 37) % 100:02d}","country":',
+        f',"latitude":{round(lat + (k * 53 % 64 - 32) / 900, 6)!r}'
+        f',"longitude":{round(lon + (k * 29 % 64 - 32) / 900, 6)!r}}}',
     )
     for city, state, prefix, lat, lon in _CITIES
     for k in range(64)
 )
+_BOOL = ("false", "true")
 
 
-def render_customer(
+def customer_json(
     salt: int,
     record_id: int,
     version: int,
     modified_ticks: int,
     created_ticks: int,
     active: bool,
-) -> dict[str, Any]:
-    """One customer as the export and list endpoints serve it (about 1 KB of JSON)."""
+) -> str:
+    """One customer as the export and list endpoints serve it, as JSON text (about 1 KB)."""
     h = mix(salt ^ record_id)
     h2 = mix(h)
     hv = mix(h2 ^ (version * _GOLDEN & MASK64)) if version else h2
     commercial = h % 5 == 0
-    name = _COMPANY_NAMES[(h >> 3) % 400] if commercial else _NAMES[(h >> 3) % 1600]
-    city, state, zip_code, lat, lon = _PLACES[(h >> 14) & 1023]
     nulls = (h >> 24) % 1000
-    credit = float(((h >> 34) % 50 + 1) * 1000) if commercial else None
-    return {
-        "id": record_id,
-        "active": active,
-        "name": name,
-        "type": None if nulls < 15 else ("Commercial" if commercial else "Residential"),
-        "address": {
-            "street": f"{100 + (h >> 40) % 9800} {_STREET_NAMES[(h >> 54) % 160]}",
-            "unit": _UNITS[(h2 >> 3) % 6] if (h2 & 7) == 0 else None,
-            "city": city,
-            "state": state,
-            "zip": zip_code,
-            "country": None if 15 <= nulls < 30 else "USA",
-            "latitude": lat,
-            "longitude": lon,
-        },
-        "customFields": [
-            _CF_SOURCE[(h2 >> 6) & 7],
-            _CF_SYSTEM[(h2 >> 9) % 6],
-            _CF_TIME[(h2 >> 12) & 3],
-            _CF_NOTES[(hv >> 14) & 7],
-            {"typeId": 2005, "name": "Legacy Account", "value": f"LA-{(h2 >> 17) % 1_000_000:06d}"},
-            _CF_REFERRAL[(h2 >> 37) & 3],
-            _CF_ZONE[(h2 >> 39) & 15],
-            _CF_SCORE[(hv >> 43) & 15],
-        ],
-        "balance": ((hv >> 47) % 250_000) / 100 if (hv >> 30) % 3 == 0 else 0.0,
-        "taxExempt": commercial and (h2 >> 33) % 7 == 0,
-        "tagTypeIds": _TAG_SETS[(hv >> 24) & 63],
-        "doNotMail": (hv >> 20) % 9 == 0,
-        "doNotService": (h2 >> 50) % 50 == 0,
-        "nationalAccount": commercial and (h2 >> 56) % 11 == 0,
-        "createdOn": format_ticks(created_ticks),
-        "createdById": 100 + (h2 >> 58) % 40,
-        "modifiedOn": format_ticks(modified_ticks),
-        "mergedToId": None if active else CUSTOMER_ID_BASE + (h2 >> 20) % 1000,
-        "paymentTermId": 401 + (h2 >> 60) % 3 if commercial else None,
-        "creditLimit": credit,
-        "creditLimitBalance": credit,
-        "externalData": None
+    place_head, place_tail = _PLACES_J[(h >> 14) & 1023]
+    if commercial:
+        name = _COMPANY_NAMES_J[(h >> 3) % 400]
+        kind = "null" if nulls < 15 else '"Commercial"'
+        credit = f"{float(((h >> 34) % 50 + 1) * 1000)!r}"
+        term = str(401 + (h2 >> 60) % 3)
+        segment = "B2B"
+    else:
+        name = _NAMES_J[(h >> 3) % 1600]
+        kind = "null" if nulls < 15 else '"Residential"'
+        credit = term = "null"
+        segment = "B2C"
+    balance = ((hv >> 47) % 250_000) / 100 if (hv >> 30) % 3 == 0 else 0.0
+    country = "null" if 15 <= nulls < 30 else '"USA"'
+    unit = _UNITS_J[(h2 >> 3) % 6] if (h2 & 7) == 0 else "null"
+    external = (
+        "null"
         if 30 <= nulls < 45
-        else [
-            {"key": "crmId", "value": f"CRM-{record_id:09d}"},
-            {"key": "segment", "value": "B2B" if commercial else "B2C"},
-        ],
-    }
+        else f'[{{"key":"crmId","value":"CRM-{record_id:09d}"}},{{"key":"segment","value":"{segment}"}}]'
+    )
+    return (
+        f'{{"id":{record_id},"active":{_BOOL[active]},"name":{name},"type":{kind},'
+        f'"address":{{"street":"{100 + (h >> 40) % 9800} {_STREET_NAMES[(h >> 54) % 160]}",'
+        f'"unit":{unit}'
+        f"{place_head}{country}{place_tail},"
+        f'"customFields":[{_CF_SOURCE[(h2 >> 6) & 7]},{_CF_SYSTEM[(h2 >> 9) % 6]},'
+        f"{_CF_TIME[(h2 >> 12) & 3]},{_CF_NOTES[(hv >> 14) & 7]},"
+        f'{{"typeId":2005,"name":"Legacy Account","value":"LA-{(h2 >> 17) % 1_000_000:06d}"}},'
+        f"{_CF_REFERRAL[(h2 >> 37) & 3]},{_CF_ZONE[(h2 >> 39) & 15]},{_CF_SCORE[(hv >> 43) & 15]}],"
+        f'"balance":{balance!r},'
+        f'"taxExempt":{_BOOL[commercial and (h2 >> 33) % 7 == 0]},'
+        f'"tagTypeIds":{_TAG_SETS_J[(hv >> 24) & 63]},'
+        f'"doNotMail":{_BOOL[(hv >> 20) % 9 == 0]},'
+        f'"doNotService":{_BOOL[(h2 >> 50) % 50 == 0]},'
+        f'"nationalAccount":{_BOOL[commercial and (h2 >> 56) % 11 == 0]},'
+        f'"createdOn":"{format_ticks(created_ticks)}",'
+        f'"createdById":{100 + (h2 >> 58) % 40},'
+        f'"modifiedOn":"{format_ticks(modified_ticks)}",'
+        f'"mergedToId":{"null" if active else CUSTOMER_ID_BASE + (h2 >> 20) % 1000},'
+        f'"paymentTermId":{term},"creditLimit":{credit},"creditLimitBalance":{credit},'
+        f'"externalData":{external}}}'
+    )
 
 
 def render_invoice(

@@ -237,10 +237,6 @@ RETURNING started_at;
 -- name: finish_run
 UPDATE stsync.runs SET status = $2, summary = $3, completed_at = now() WHERE id = $1;
 
--- name: interrupt_orphan_runs
-UPDATE stsync.runs SET status = 'interrupted', completed_at = now()
-WHERE status = 'running' AND (instance IS NOT DISTINCT FROM $1 OR $2);
-
 -- name: select_runs
 SELECT r.id, r.action, r.trigger, r.schedule_name, r.scheduled_for, r.status, r.instance,
        r.started_at, r.completed_at,

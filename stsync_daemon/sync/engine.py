@@ -58,6 +58,7 @@ class SyncRequest:
     retry_of: uuid.UUID | None = None
     attempt: int = 1
     timeout_seconds: float = 3600.0
+    sync_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ class SyncEngine:
                 start = None
                 if request.mode is SyncMode.INCREMENTAL and cursor is not None:
                     start = cursor["continue_from"]
-                sync_id = uuid.uuid4()
+                sync_id = request.sync_id or uuid.uuid4()
                 started_at: datetime = await conn.fetchval(
                     QUERIES["insert_sync"],
                     sync_id,

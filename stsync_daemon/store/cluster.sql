@@ -1,0 +1,133 @@
+-- Named queries for running as one service across instances (see daemon/runner.py).
+
+-- name: heartbeat
+INSERT INTO stsync.instances (name, host, pid, version) VALUES ($1, $2, $3, $4)
+ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL,
+    host = excluded.host, pid = excluded.pid, version = excluded.version;
+
+-- name: instance_stopped
+UPDATE stsync.instances SET stopped_at = now(), heartbeat_at = now() WHERE name = $1;
+
+-- name: select_instances
+SELECT name, host, pid, version, started_at, heartbeat_at, stopped_at,
+       (stopped_at IS NULL AND heartbeat_at >= now() - make_interval(secs => $1)) AS alive,
+       (SELECT count(*) FROM stsync.sync_log s
+         WHERE s.instance = i.name AND s.status = 'running') AS running_syncs
+FROM stsync.instances i
+WHERE stopped_at IS NULL OR stopped_at > now() - interval '1 day'
+ORDER BY name;
+
+-- name: claim_tick
+-- A scheduled tick becomes a run once across all instances, and only while no earlier run of the
+-- same schedule is still going. Returns the run's start time, or nothing when not claimed.
+WITH lock AS (SELECT pg_advisory_xact_lock(hashtextextended('stsync-schedule:' || $4, 0)))
+INSERT INTO stsync.runs (id, action, trigger, schedule_name, scheduled_for, params, instance,
+                         max_concurrent, timeout_seconds)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM lock
+WHERE NOT EXISTS (SELECT 1 FROM stsync.runs
+                  WHERE schedule_name = $4 AND (scheduled_for = $5 OR status = 'running'))
+ON CONFLICT DO NOTHING
+RETURNING started_at;
+
+-- name: tick_taken
+SELECT EXISTS (SELECT 1 FROM stsync.runs WHERE schedule_name = $1 AND scheduled_for = $2);
+
+-- name: insert_manual_run
+INSERT INTO stsync.runs (id, action, trigger, params, instance, max_concurrent, timeout_seconds)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING started_at;
+
+-- name: insert_run_items
+INSERT INTO stsync.run_items (run_id, position, credential_id, data_type, mode, trigger, retry_of,
+                              attempt)
+SELECT $1, i.position, i.credential_id, i.data_type, i.mode, i.trigger, i.retry_of, i.attempt
+FROM unnest($2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::uuid[], $8::int[])
+     AS i (position, credential_id, data_type, mode, trigger, retry_of, attempt);
+
+-- name: runs_with_pending_items
+SELECT r.id, r.max_concurrent, r.timeout_seconds
+FROM stsync.runs r
+WHERE r.status = 'running'
+  AND EXISTS (SELECT 1 FROM stsync.run_items i WHERE i.run_id = r.id AND i.status = 'pending')
+ORDER BY r.started_at;
+
+-- name: claim_items
+UPDATE stsync.run_items AS t
+SET status = 'claimed', claimed_by = $2, claimed_at = now(), sync_id = gen_random_uuid()
+FROM (SELECT run_id, credential_id, data_type FROM stsync.run_items
+      WHERE run_id = $1 AND status = 'pending'
+      ORDER BY position LIMIT $3
+      FOR UPDATE SKIP LOCKED) AS c
+WHERE t.run_id = c.run_id AND t.credential_id = c.credential_id AND t.data_type = c.data_type
+RETURNING t.credential_id, t.data_type, t.mode, t.trigger, t.retry_of, t.attempt, t.sync_id;
+
+-- name: finish_item
+UPDATE stsync.run_items SET status = 'done', finished_at = now(), outcome = $4
+WHERE run_id = $1 AND credential_id = $2 AND data_type = $3;
+
+-- name: cancel_pending_items
+UPDATE stsync.run_items SET status = 'cancelled', finished_at = now(), outcome = $2
+WHERE run_id = $1 AND status = 'pending';
+
+-- name: run_progress
+SELECT count(*) FILTER (WHERE status IN ('pending', 'claimed')) AS open,
+       count(*) AS total
+FROM stsync.run_items WHERE run_id = $1;
+
+-- name: run_item_outcomes
+-- Items that ended without a sync of their own (skipped or cancelled), for the run's summary.
+SELECT i.credential_id, i.data_type, i.outcome, c.company_id, co.name AS company_name, c.environment
+FROM stsync.run_items i
+JOIN stsync.credentials c ON c.id = i.credential_id
+JOIN stsync.companies co ON co.id = c.company_id
+WHERE i.run_id = $1 AND i.outcome IS NOT NULL
+ORDER BY i.position;
+
+-- name: finished_syncs_of_run
+SELECT s.id, s.run_id, s.credential_id, s.data_type, s.trigger, s.mode, s.status, s.started_at,
+       s.completed_at, s.records_processed, s.records_successful, s.records_failed, s.pages,
+       s.error_category, s.error_message, s.retry_of, s.attempt, s.instance,
+       c.company_id, co.name AS company_name, c.environment, c.tenant_id
+FROM stsync.sync_log s
+JOIN stsync.credentials c ON c.id = s.credential_id
+JOIN stsync.companies co ON co.id = c.company_id
+WHERE s.run_id = $1 AND s.status <> 'running'
+ORDER BY s.completed_at;
+
+-- name: settle_orphaned_items
+-- Claimed items whose sync ended (e.g. swept as interrupted) or whose claimer is gone.
+UPDATE stsync.run_items AS i
+SET status = 'done', finished_at = now(),
+    outcome = CASE WHEN s.id IS NULL THEN 'interrupted: the instance that claimed it stopped'
+                   ELSE i.outcome END
+FROM stsync.run_items AS i2
+LEFT JOIN stsync.sync_log s ON s.id = i2.sync_id
+LEFT JOIN stsync.instances n ON n.name = i2.claimed_by
+WHERE i.run_id = i2.run_id AND i.credential_id = i2.credential_id AND i.data_type = i2.data_type
+  AND i2.status = 'claimed'
+  AND ((s.id IS NOT NULL AND s.status <> 'running')
+       OR (s.id IS NULL AND (n.name IS NULL OR n.stopped_at IS NOT NULL
+                             OR n.heartbeat_at < now() - make_interval(secs => $1))))
+RETURNING i.run_id;
+
+-- name: orphaned_runs
+-- Running runs whose owner is gone and that have nothing left to do.
+SELECT r.id FROM stsync.runs r
+LEFT JOIN stsync.instances n ON n.name = r.instance
+WHERE r.status = 'running'
+  AND (n.name IS NULL OR n.stopped_at IS NOT NULL
+       OR n.heartbeat_at < now() - make_interval(secs => $1))
+  AND NOT EXISTS (SELECT 1 FROM stsync.run_items i
+                  WHERE i.run_id = r.id AND i.status IN ('pending', 'claimed'));
+
+-- name: run_status
+SELECT status, instance FROM stsync.runs WHERE id = $1;
+
+-- name: sync_running_where
+SELECT instance, run_id FROM stsync.sync_log WHERE id = $1 AND status = 'running';
+
+-- name: own_running_runs
+SELECT id FROM stsync.runs WHERE status = 'running' AND instance = $1;
+
+-- name: select_instance
+SELECT host, pid, heartbeat_at, stopped_at FROM stsync.instances WHERE name = $1;
