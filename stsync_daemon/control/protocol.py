@@ -5,7 +5,9 @@ HTTP/1.1 over the Unix socket, every path under `/v1`; JSON in and out, so
 
 Endpoints (answers are the TypedDicts below):
 - GET /v1/health -> Health
-- GET /v1/status?company_id=&running_only=&failed_only=&last_24h=&limit= -> {"syncs", "summary"}
+- GET /v1/status?company_id=&running_only=&failed_only=&last_24h=&limit=
+  -> {"syncs", "summary", "instances"}
+- GET /v1/instances -> {"instances": [{"name", "host", "pid", "alive", "heartbeat_at", ...}]}
 - POST /v1/process (ProcessRequest), POST /v1/retry (RetryRequest) -> NDJSON events, or a Plan when
   dry_run is set
 - GET /v1/runs?limit=N -> {"runs": [RunView]}

@@ -151,6 +151,7 @@ class ControlServer:
             web.post(f"{API_PREFIX}/process", self.process),
             web.post(f"{API_PREFIX}/retry", self.retry),
             web.get(f"{API_PREFIX}/runs", self.runs),
+            web.get(f"{API_PREFIX}/instances", self.instances),
             web.post(f"{API_PREFIX}/cancel/{{target}}", self.cancel),
             web.get(f"{API_PREFIX}/schedules", self.schedules),
             web.get(f"{API_PREFIX}/report", self.report),
@@ -271,7 +272,31 @@ class ControlServer:
 
     async def status(self, request: web.Request) -> web.Response:
         query = StatusQuery.model_validate(dict(request.query))
-        return json_response(await status_document(self._daemon.pool, query))
+        document = await status_document(self._daemon.pool, query)
+        document["instances"] = await self._instances()
+        return json_response(document)
+
+    async def _instances(self) -> list[dict[str, Any]]:
+        rows = await self._daemon.pool.fetch(
+            QUERIES["select_instances"], self._daemon.settings.cluster.lease_seconds
+        )
+        return [
+            {
+                "name": r["name"],
+                "host": r["host"],
+                "pid": r["pid"],
+                "version": r["version"],
+                "started_at": iso(r["started_at"]),
+                "heartbeat_at": iso(r["heartbeat_at"]),
+                "stopped_at": iso(r["stopped_at"]),
+                "alive": r["alive"],
+                "running_syncs": r["running_syncs"],
+            }
+            for r in rows
+        ]
+
+    async def instances(self, request: web.Request) -> web.Response:
+        return json_response({"instances": await self._instances()})
 
     async def _run(
         self,

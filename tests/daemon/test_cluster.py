@@ -174,6 +174,15 @@ async def test_three_instances_run_each_tick_once_spread_work_and_fail_over(
             )
         status, health = await survivors[0].request("GET", "/v1/health")
         assert health["instance"] in {"node-a", "node-b", "node-c"}
+        # One view: every instance with its heartbeat; the dead one is no longer alive.
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            status, body = await survivors[0].request("GET", "/v1/status?limit=1")
+            alive = {i["name"]: i["alive"] for i in body["instances"]}
+            if alive.get(victim) is False or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert alive == {name: name != victim for name in ("node-a", "node-b", "node-c")}
         assert status == 200
     finally:
         await conn.close()
