@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
+import pwd
 import shutil
 import sys
 import tempfile
@@ -12,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from stsync_daemon.cli import stsyncctl
 
 from .fake_daemon import FakeDaemon
 
@@ -78,3 +83,38 @@ async def fake_daemon(short_tmp: Path) -> AsyncIterator[FakeDaemon]:
         yield daemon
     finally:
         await daemon.stop()
+
+
+def run_as_nobody(argv: list[str]) -> tuple[int, str, str]:
+    """Run `main()` in a forked child that dropped to `nobody`.
+
+    A subprocess cannot do this here: the interpreter lives under /root, which `nobody` may not
+    read. The child reuses the parent's already imported modules instead.
+    """
+    nobody = pwd.getpwnam("nobody")
+    # Import lazily loaded modules while we can still read them (and never from a running loop).
+    with contextlib.redirect_stderr(io.StringIO()):
+        stsyncctl.main(["--socket", "/nonexistent/stsync.sock", "status"])
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 99
+        try:
+            os.close(out_r)
+            os.close(err_r)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            sys.stdout = io.TextIOWrapper(io.FileIO(out_w, "w"), write_through=True)
+            sys.stderr = io.TextIOWrapper(io.FileIO(err_w, "w"), write_through=True)
+            sys.stdin = io.StringIO("")
+            code = stsyncctl.main(argv)
+        finally:
+            os._exit(code)
+    os.close(out_w)
+    os.close(err_w)
+    with os.fdopen(out_r) as out, os.fdopen(err_r) as err:
+        stdout, stderr = out.read(), err.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), stdout, stderr

@@ -3,18 +3,14 @@ one line on stderr naming the socket and what to check, nothing on stdout, no tr
 
 from __future__ import annotations
 
-import io
 import os
-import pwd
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from stsync_daemon.cli import stsyncctl
-
-from .conftest import run_cli
+from .conftest import run_as_nobody, run_cli
 from .fake_daemon import FakeDaemon
 
 COMMANDS = [
@@ -72,40 +68,6 @@ async def test_not_a_socket(short_tmp: Path) -> None:
     _one_line(result.stderr)
 
 
-def _run_as_nobody(argv: list[str]) -> tuple[int, str, str]:
-    """Run `main()` in a forked child that dropped to `nobody`.
-
-    A subprocess cannot do this here: the interpreter lives under /root, which `nobody` may not
-    read. The child reuses the parent's already imported modules instead.
-    """
-    nobody = pwd.getpwnam("nobody")
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 99
-        try:
-            os.close(out_r)
-            os.close(err_r)
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            import sys
-
-            sys.stdout = io.TextIOWrapper(io.FileIO(out_w, "w"), write_through=True)
-            sys.stderr = io.TextIOWrapper(io.FileIO(err_w, "w"), write_through=True)
-            sys.stdin = io.StringIO("")
-            code = stsyncctl.main(argv)
-        finally:
-            os._exit(code)
-    os.close(out_w)
-    os.close(err_w)
-    with os.fdopen(out_r) as out, os.fdopen(err_r) as err:
-        stdout, stderr = out.read(), err.read()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), stdout, stderr
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another user")
 def test_socket_without_permission(short_tmp: Path) -> None:
     path = short_tmp / "control.sock"
@@ -114,9 +76,7 @@ def test_socket_without_permission(short_tmp: Path) -> None:
     listener.listen()
     try:
         os.chmod(path, 0o000)
-        # Warm up lazily imported modules while we can still read them.
-        stsyncctl.main(["--socket", str(short_tmp / "absent.sock"), "status"])
-        code, stdout, stderr = _run_as_nobody(["--socket", str(path), "status"])
+        code, stdout, stderr = run_as_nobody(["--socket", str(path), "status"])
     finally:
         listener.close()
     assert code == 3, stderr
@@ -134,8 +94,7 @@ def test_json_output_when_refused_prints_nothing_on_stdout(short_tmp: Path) -> N
     listener.listen()
     try:
         os.chmod(path, 0o000)
-        stsyncctl.main(["--socket", str(short_tmp / "absent.sock"), "status"])
-        code, stdout, stderr = _run_as_nobody(["--socket", str(path), "--json-output", "status"])
+        code, stdout, stderr = run_as_nobody(["--socket", str(path), "--json-output", "status"])
     finally:
         listener.close()
     assert (code, stdout) == (3, "")
