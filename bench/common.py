@@ -128,3 +128,305 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_bytes(orjson.dumps({"machine": machine(), **data}, option=orjson.OPT_INDENT_2))
     return path
+
+
+# -- shared by the daemon benchmarks -------------------------------------------------------------
+
+APP_KEY = "ak1.sandbox"
+
+
+def fmt(s: dict[str, float], digits: int = 0) -> str:
+    """`median (min-max)` of a `summarize()` result."""
+    return f"{s['median']:,.{digits}f} ({s['min']:,.{digits}f}-{s['max']:,.{digits}f})"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT MET"
+
+
+def tenant_spec(tenant_id: int, customers: int, invoices: int, seed: int = 1) -> dict[str, Any]:
+    """A sandbox tenant whose client id and secret derive from its id."""
+    return {
+        "tenant_id": tenant_id,
+        "environment": "production",
+        "client_id": f"cid.{tenant_id}",
+        "client_secret": f"cs.secret.{tenant_id}",
+        "customers": customers,
+        "invoices": invoices,
+        "seed": seed,
+    }
+
+
+def sandbox_admin(base_url: str, method: str, path: str, body: Any = None) -> Any:
+    """Call the sandbox's admin API (`/_sandbox/...`) synchronously."""
+    import urllib.request
+
+    data = orjson.dumps(body) if body is not None else None
+    request = urllib.request.Request(
+        f"{base_url}/_sandbox/{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=300) as resp:
+        return orjson.loads(resp.read())
+
+
+def sandbox_requests(counters: dict[str, Any], tenant_id: int | None = None) -> int:
+    """API requests served (token requests excluded), from `/_sandbox/counters`."""
+    return sum(
+        r["count"]
+        for r in counters["requests"]
+        if r["kind"] != "token" and (tenant_id is None or r["tenant_id"] == tenant_id)
+    )
+
+
+def run_sync_child(
+    settings_path: Path, credential: str, data_types: str = "customers,invoices", mode: str = "full"
+) -> dict[str, Any]:
+    """One sync in `bench/sync_child.py` (its own process); returns its JSON line."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "sync_child.py"),
+            "--settings",
+            str(settings_path),
+            "--credential",
+            credential,
+            "--data-types",
+            data_types,
+            "--mode",
+            mode,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"sync failed: {out.stderr.strip()[-3000:]}")
+    result: dict[str, Any] = orjson.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def settings_dict(sandbox_url: str, dsn: str, key_file: Path, **sections: Any) -> dict[str, Any]:
+    """A stsync configuration aimed at a sandbox (ServiceTitan's rate limit lifted unless given)."""
+    data: dict[str, Any] = {
+        "database": {"dsn": dsn},
+        "secrets": {"key_file": str(key_file)},
+        "servicetitan": {
+            "app_key": APP_KEY,
+            "requests_per_second": 1000,
+            "environments": {
+                env: {
+                    "auth_url": f"{sandbox_url}/{env}/auth",
+                    "api_url": f"{sandbox_url}/{env}/api",
+                }
+                for env in ("production", "integration")
+            },
+        },
+    }
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    return data
+
+
+async def prepare_database(dsn: str, work: Path) -> Path:
+    """Migrate the schema and write a secrets key; returns the key file."""
+    import asyncpg
+
+    from stsync_daemon.store.crypto import generate_key
+    from stsync_daemon.store.migrate import migrate
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    key = work / "secrets.key"
+    key.write_text(generate_key() + "\n")
+    return key
+
+
+async def register(dsn: str, key: Path, specs: list[dict[str, Any]]) -> list[str]:
+    """Register one credential per sandbox tenant through the store; returns their ids."""
+    from pydantic import SecretStr
+
+    from stsync_daemon.enums import Environment
+    from stsync_daemon.store.credentials import CredentialStore, NewCredential
+    from stsync_daemon.store.crypto import SecretCipher
+    from stsync_daemon.store.db import create_pool
+
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    try:
+        store = CredentialStore(pool, SecretCipher.from_file(key))
+        ids = []
+        for spec in specs:
+            credential = await store.add(
+                NewCredential(
+                    f"co{spec['tenant_id']}",
+                    f"Company {spec['tenant_id']}",
+                    Environment(spec["environment"]),
+                    spec["tenant_id"],
+                    spec["client_id"],
+                    SecretStr(spec["client_secret"]),
+                )
+            )
+            ids.append(str(credential.id))
+        return ids
+    finally:
+        await pool.close()
+
+
+async def reset_records(dsn: str) -> None:
+    """Empty the record tables and cursors: the next sync is a first, full one."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "TRUNCATE servicetitan.customers, servicetitan.invoices; DELETE FROM stsync.cursors"
+        )
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+def proc_status_kb(pid: int, field: str) -> int:
+    """A `VmHWM`/`VmRSS`-style field of /proc/PID/status, in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process from /proc/PID/stat."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def to_toml(data: dict[str, Any], prefix: str = "") -> str:
+    """A tiny TOML writer for configs (tables, arrays of tables, scalars)."""
+    lines: list[str] = []
+    tables: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, dict) or (
+            isinstance(value, list) and value and isinstance(value[0], dict)
+        ):
+            tables.append((key, value))
+        elif value is not None:
+            lines.append(f"{key} = {json.dumps(value)}")
+    for key, value in tables:
+        name = f"{prefix}{key}"
+        if isinstance(value, list):
+            for item in value:
+                lines.append(f"\n[[{name}]]")
+                lines.append(to_toml(item, f"{name}."))
+        else:
+            lines.append(f"\n[{name}]")
+            lines.append(to_toml(value, f"{name}."))
+    return "\n".join(lines)
+
+
+class Daemon:
+    """A real `stsyncd run` subprocess with its own config file, driven over its control socket."""
+
+    def __init__(self, directory: Path, settings: dict[str, Any]) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.socket = directory / "control.sock"
+        settings = dict(settings)
+        settings["control"] = {**settings.get("control", {}), "socket": str(self.socket)}
+        settings["metrics"] = {"enabled": False, **settings.get("metrics", {})}
+        settings["logging"] = {"format": "json", "level": "WARNING", **settings.get("logging", {})}
+        self.config = directory / "stsync.toml"
+        self.config.write_text(to_toml(settings))
+        self.log = directory / "stsyncd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, timeout: float = 60.0) -> Daemon:
+        import asyncio
+
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "stsync_daemon.cli.stsyncd",
+                    "run",
+                    "--config",
+                    str(self.config),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"stsyncd exited {self.proc.returncode}: {self.tail()}")
+            if self.socket.exists():
+                try:
+                    status, _ = await self.request("GET", "/v1/health")
+                    if status == 200:
+                        return self
+                except OSError:
+                    pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"stsyncd did not come up: {self.tail()}")
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=None)
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=str(self.socket)), timeout=timeout
+            ) as s,
+            s.request(method, f"http://localhost{path}", json=body) as resp,
+        ):
+            raw = await resp.read()
+            if resp.content_type == "application/x-ndjson":
+                return resp.status, [orjson.loads(line) for line in raw.splitlines() if line]
+            return resp.status, orjson.loads(raw) if raw else None
+
+    async def process(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/process and return the run summary carried by `run.finished`."""
+        status, events = await self.request("POST", "/v1/process", body)
+        if status != 200:
+            raise RuntimeError(f"process failed ({status}): {events}")
+        finished = [e for e in events if e.get("event") == "run.finished"]
+        if not finished:
+            raise RuntimeError(f"no run.finished event: {events[-3:]}")
+        summary: dict[str, Any] = finished[0]["summary"]
+        return summary
+
+    async def stop(self) -> None:
+        import asyncio
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while self.proc.poll() is None:
+                if time.monotonic() > deadline:
+                    self.proc.kill()
+                    break
+                await asyncio.sleep(0.05)
+
+
+def work_dir(prefix: str) -> Path:
+    """A scratch directory the PostgreSQL user can enter."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
