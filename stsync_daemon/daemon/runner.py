@@ -581,7 +581,12 @@ class Runner:
             if run is not None:
                 run.publish(
                     self._sync_event(
-                        EVENT_SYNC_STARTED, run_id, credential, data_type, mode=item["mode"]
+                        EVENT_SYNC_STARTED,
+                        run_id,
+                        credential,
+                        data_type,
+                        mode=item["mode"],
+                        sync_id=str(item["sync_id"]),
                     )
                 )
             result = await self._engine.synchronize(

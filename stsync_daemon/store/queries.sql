@@ -245,7 +245,7 @@ SELECT r.id, r.action, r.trigger, r.schedule_name, r.scheduled_for, r.status, r.
        count(s.id) FILTER (WHERE s.status = 'completed') AS successful_syncs,
        count(s.id) FILTER (WHERE s.status IN ('failed', 'timed_out', 'interrupted', 'cancelled'))
            AS failed_syncs,
-       coalesce(sum(s.records_processed), 0) AS records_processed
+       coalesce(sum(s.records_processed), 0)::bigint AS records_processed
 FROM (SELECT * FROM stsync.runs ORDER BY started_at DESC LIMIT $1) r
 LEFT JOIN stsync.sync_log s ON s.run_id = r.id
 GROUP BY r.id, r.action, r.trigger, r.schedule_name, r.scheduled_for, r.status, r.instance,
@@ -262,8 +262,8 @@ SELECT c.id AS credential_id, c.company_id, co.name AS company_name, c.environme
        count(s.id) AS syncs,
        count(s.id) FILTER (WHERE s.status = 'completed') AS completed,
        count(s.id) FILTER (WHERE s.status IN ('failed', 'timed_out', 'interrupted')) AS failed,
-       coalesce(sum(s.records_processed), 0) AS records_processed,
-       coalesce(sum(s.records_failed), 0) AS records_failed,
+       coalesce(sum(s.records_processed), 0)::bigint AS records_processed,
+       coalesce(sum(s.records_failed), 0)::bigint AS records_failed,
        (array_agg(s.status ORDER BY s.started_at DESC))[1] AS last_status,
        (array_agg(s.error_message ORDER BY s.started_at DESC)
             FILTER (WHERE s.error_message IS NOT NULL))[1] AS last_error,

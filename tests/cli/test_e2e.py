@@ -452,12 +452,6 @@ async def test_socket_without_permission_and_refused_peer(
     assert "refused this user" in line and "stsync group" in line
 
 
-@pytest.mark.xfail(
-    reason="daemon bug: select_runs' and report_rows' coalesce(sum(...), 0) are numeric, asyncpg "
-    "gives Decimals that orjson cannot encode, so /v1/runs and /v1/report answer 500 (cast to "
-    "bigint)",
-    strict=False,
-)
 async def test_runs_and_report(daemon: DaemonProcess) -> None:
     ctl = Operator(daemon)
     await ctl.add(TENANTS[2])
