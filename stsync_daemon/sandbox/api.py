@@ -11,7 +11,8 @@ import base64
 import binascii
 import math
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from typing import NamedTuple
 
 import orjson
 from aiohttp import web
@@ -19,7 +20,7 @@ from aiohttp import web
 from ..enums import DataType, Environment
 from .auth import SCOPE
 from .clock import parse_datetime
-from .dataset import Dataset, InvalidToken
+from .dataset import Dataset, InvalidToken, Key
 from .models import EndpointKind, FaultKind
 from .state import SandboxState
 
@@ -199,16 +200,40 @@ def render_list(dataset: Dataset, query: Mapping[str, str]) -> bytes:
     ).encode()
 
 
-def render_export(state: SandboxState, dataset: Dataset, query: Mapping[str, str]) -> bytes:
-    """A page of the export feed after the `from` position; bodies are cached per position."""
+async def render_export(
+    state: SandboxState, dataset: Dataset, query: Mapping[str, str]
+) -> tuple[bytes, Key | None]:
+    """A page of the export feed after the `from` position, and the next position if there is more."""
     include_recent = bool(_bool(query, "includeRecentChanges"))
     try:
         key = dataset.decode_from(query.get("from"))
     except InvalidToken:
         raise BadRequest("from", INVALID_TOKEN_TITLE, title=INVALID_TOKEN_TITLE) from None
+    page = _select(state, dataset, key, include_recent)
+    pending = state.prefetching.get(page.cache_key)
+    if pending is not None:
+        await asyncio.shield(pending)
+        page = _select(state, dataset, key, include_recent)
+    body = state.cache.get(page.cache_key)
+    if body is None:
+        body = _body(dataset, page, [dataset.render_json(record_id) for record_id in page.ids])
+        state.cache.put(page.cache_key, body)
+    return body, (page.last if page.has_more else None)
+
+
+class _Page(NamedTuple):
+    ids: list[int]
+    has_more: bool
+    last: Key
+    generation: int
+    cache_key: Hashable
+
+
+def _select(state: SandboxState, dataset: Dataset, key: Key, include_recent: bool) -> _Page:
     cutoff = state.visibility_cutoff(include_recent)
     page_size = state.export_page_size
     ids, has_more = dataset.page_after(key, page_size, cutoff)
+    last = dataset.key_of(ids[-1]) if ids else key
     cache_key = (
         dataset.environment,
         dataset.tenant_id,
@@ -219,16 +244,40 @@ def render_export(state: SandboxState, dataset: Dataset, query: Mapping[str, str
         len(ids),
         has_more,
     )
-    body = state.cache.get(cache_key)
-    if body is None:
-        last = dataset.key_of(ids[-1]) if ids else key
-        data = ",".join([dataset.render_json(record_id) for record_id in ids])
-        body = (
-            f'{{"hasMore":{"true" if has_more else "false"},'
-            f'"continueFrom":"{dataset.encode_token(last)}","data":[{data}]}}'
-        ).encode()
-        state.cache.put(cache_key, body)
-    return body
+    return _Page(ids, has_more, last, dataset.generation, cache_key)
+
+
+def _body(dataset: Dataset, page: _Page, parts: list[str]) -> bytes:
+    return (
+        f'{{"hasMore":{"true" if page.has_more else "false"},'
+        f'"continueFrom":"{dataset.encode_token(page.last)}","data":[{",".join(parts)}]}}'
+    ).encode()
+
+
+async def prefetch(state: SandboxState, dataset: Dataset, key: Key, include_recent: bool) -> None:
+    """Render the page a client will most likely ask for next while it decodes this one.
+
+    Client and sandbox then work in parallel instead of taking turns. Rendering yields every few
+    records so that responses still being written (and other requests) are not held up.
+    """
+    page = _select(state, dataset, key, include_recent)
+    if page.cache_key in state.prefetching or state.cache.get(page.cache_key) is not None:
+        return
+    done = asyncio.get_running_loop().create_future()
+    state.prefetching[page.cache_key] = done
+    try:
+        parts: list[str] = []
+        for start in range(0, len(page.ids), 50):
+            parts.extend(
+                dataset.render_json(record_id) for record_id in page.ids[start : start + 50]
+            )
+            await asyncio.sleep(0)
+            if dataset.generation != page.generation:
+                return  # changed meanwhile: this page will never be asked for
+        state.cache.put(page.cache_key, _body(dataset, page, parts))
+    finally:
+        del state.prefetching[page.cache_key]
+        done.set_result(None)
 
 
 async def _drop_mid_body(request: web.Request, body: bytes) -> web.StreamResponse:
@@ -321,9 +370,10 @@ def api_handler(data_type: DataType, export: bool) -> Handler:
             if fault is FaultKind.MAINTENANCE:
                 return problem(409, MAINTENANCE_TITLE)
         dataset = tenant.datasets[data_type]
+        next_key: Key | None = None
         try:
             if export:
-                body = render_export(state, dataset, request.query)
+                body, next_key = await render_export(state, dataset, request.query)
             else:
                 body = render_list(dataset, request.query)
         except BadRequest as exc:
@@ -332,7 +382,15 @@ def api_handler(data_type: DataType, export: bool) -> Handler:
             body = body[: max(1, len(body) - 2)] + b",]"
         elif fault is FaultKind.DROP:
             return await _drop_mid_body(request, body)
-        return web.Response(body=body, content_type="application/json")
+        response = web.Response(body=body, content_type="application/json")
+        if next_key is not None and state.cache.max_bytes:
+            await response.prepare(request)
+            await response.write_eof()
+            include_recent = request.query.get("includeRecentChanges", "").lower() == "true"
+            task = asyncio.create_task(prefetch(state, dataset, next_key, include_recent))
+            state.background.add(task)
+            task.add_done_callback(state.background.discard)
+        return response
 
     return handle
 

@@ -33,6 +33,7 @@ from .truth import combine, format_digest, row_hash
 BASE_START = parse_datetime("2018-01-01T00:00:00Z")
 BASE_END = parse_datetime("2025-01-01T00:00:00Z")
 _SPAN_MS = (BASE_END - BASE_START) // TICKS_PER_MS
+BASE_START_MS = BASE_START // TICKS_PER_MS
 _CREATED_LAG_MS = 400 * 86_400 * 1000
 
 Key = tuple[int, int]
@@ -119,31 +120,28 @@ class Dataset:
         return index if 0 <= index < self.total else None
 
     def _base_ticks(self, index: int) -> int:
-        h = mix(self._salt ^ (index + 0xBA5E))
+        return self._base(index)[0]
+
+    def _base(self, index: int) -> tuple[int, bool, int]:
+        # One hash per record gives its modifiedOn (increasing with the index), status and createdOn.
+        h = mix(self._salt ^ index)
         bucket = index * _SPAN_MS // self.base_count
         width = max(1, (index + 1) * _SPAN_MS // self.base_count - bucket)
-        ms = bucket + h % width
-        sub = (h >> 40) % TICKS_PER_MS if (h >> 33) & 1 else 0
-        return BASE_START + ms * TICKS_PER_MS + sub
+        ms = BASE_START_MS + bucket + h % width
+        ticks = ms * TICKS_PER_MS + ((h >> 40) % TICKS_PER_MS if (h >> 33) & 1 else 0)
+        created = max(BASE_START_MS, ms - (h >> 20) % _CREATED_LAG_MS) * TICKS_PER_MS
+        return ticks, (h >> 54) % 1000 >= self._inactive_per_mille, created
 
     def _base_key(self, index: int) -> Key:
-        return (self._base_ticks(index), self._id_base + 1 + index)
-
-    def _base_active(self, index: int) -> bool:
-        return mix(self._salt ^ (index + 0xAC71)) % 1000 >= self._inactive_per_mille
-
-    def _base_created(self, index: int, modified: int) -> int:
-        lag = mix(self._salt ^ (index + 0xC4EA)) % _CREATED_LAG_MS
-        return max(BASE_START, (modified // TICKS_PER_MS - lag) * TICKS_PER_MS)
+        return (self._base(index)[0], self._id_base + 1 + index)
 
     def state(self, record_id: int) -> tuple[int, bool, int, int]:
         """(modifiedOn ticks, active, version, createdOn ticks) of an existing id."""
         override = self.overrides.get(record_id)
         if override is not None:
             return override.ticks, override.active, override.version, override.created_ticks
-        index = record_id - self._id_base - 1
-        ticks = self._base_ticks(index)
-        return ticks, self._base_active(index), 0, self._base_created(index, ticks)
+        ticks, active, created = self._base(record_id - self._id_base - 1)
+        return ticks, active, 0, created
 
     def render_json(self, record_id: int) -> str:
         """The record as served now, as JSON text."""
@@ -288,7 +286,7 @@ class Dataset:
             version, created = 0, ticks
         else:
             index = record_id - self._id_base - 1
-            version, created = 1, self._base_created(index, self._base_ticks(index))
+            version, created = 1, self._base(index)[2]
         self.overrides[record_id] = Override(len(self.log_ids), ticks, active, version, created)
         self.log_ticks.append(ticks)
         self.log_ids.append(record_id)
@@ -363,8 +361,7 @@ class Dataset:
             hashes = []
             active = 0
             for index in range(self.base_count):
-                ticks = self._base_ticks(index)
-                is_active = self._base_active(index)
+                ticks, is_active, _ = self._base(index)
                 active += is_active
                 hashes.append(row_hash(self.id_at(index), format_ticks(ticks), is_active))
             self._base_digest = combine(hashes)
@@ -374,8 +371,7 @@ class Dataset:
         for record_id, override in self.overrides.items():
             index = record_id - self._id_base - 1
             if index < self.base_count:
-                base_ticks = self._base_ticks(index)
-                base_active = self._base_active(index)
+                base_ticks, base_active, _ = self._base(index)
                 total -= row_hash(record_id, format_ticks(base_ticks), base_active)
                 active -= base_active
             total += row_hash(record_id, format_ticks(override.ticks), override.active)

@@ -64,6 +64,8 @@ class Sandbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._background
             self._background = None
+        for task in list(self.state.background):
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

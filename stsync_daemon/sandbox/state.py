@@ -94,6 +94,8 @@ class SandboxState:
         self.accounting = Accounting()
         self.faults = FaultInjector(config.faults)
         self.cache = PageCache(config.page_cache_bytes)
+        self.prefetching: dict[Hashable, asyncio.Future[None]] = {}
+        self.background: set[asyncio.Task[None]] = set()
         self.export_page_size = config.export_page_size
         self.visibility_delay_seconds = config.visibility_delay_seconds
         self.mutations_per_second = config.mutations_per_second

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import orjson
 import pytest
 
 from stsync_daemon.enums import DataType, Environment
@@ -108,3 +109,12 @@ def test_truth_is_incremental_and_equal_to_a_full_recount() -> None:
     rows = list(dataset.rows())
     assert (count, digest) == (503, truth_digest(rows))
     assert active == sum(a for _, _, a in rows)
+
+
+def test_customer_json_text_is_canonical_json() -> None:
+    dataset = _dataset(2000)
+    dataset.modify(50)
+    dataset.deactivate(50)
+    for record_id in dataset.iter_by_id():
+        text = dataset.render_json(record_id)
+        assert orjson.dumps(orjson.loads(text)).decode() == text
