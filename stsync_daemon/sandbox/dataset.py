@@ -25,8 +25,8 @@ from .records import (
     INVOICE_ID_BASE,
     MASK64,
     customer_json,
+    invoice_json,
     mix,
-    render_invoice,
 )
 from .truth import combine, format_digest, row_hash
 
@@ -148,7 +148,7 @@ class Dataset:
         ticks, active, version, created = self.state(record_id)
         if self.data_type is DataType.CUSTOMERS:
             return customer_json(self._salt, record_id, version, ticks, created, active)
-        record = render_invoice(
+        return invoice_json(
             self._salt,
             record_id,
             version,
@@ -158,7 +158,6 @@ class Dataset:
             self._customer_salt,
             self._customers,
         )
-        return orjson.dumps(record).decode()
 
     def render(self, record_id: int) -> dict[str, Any]:
         """The record as served now."""

@@ -326,7 +326,65 @@ def customer_json(
     )
 
 
-def render_invoice(
+_DAY_TICKS = 86_400 * 10_000_000
+# Invoice fragments, pre-encoded: line items per (SKU, quantity) without their ids and dates,
+# addresses, business units and employees.
+_ITEMS_J: tuple[tuple[str, int], ...] = tuple(
+    (
+        _j(
+            {
+                "description": f"<p>{name}</p>",
+                "quantity": f"{qty}.00",
+                "cost": _money(abs(int(price.replace(".", ""))) // 3),
+                "totalCost": _money(abs(int(price.replace(".", ""))) // 3 * qty),
+                "price": price,
+                "type": kind,
+                "skuName": name,
+                "skuId": sku,
+                "total": _money(int(price.replace(".", "")) * qty),
+                "inventory": kind in ("Material", "Equipment"),
+                "taxable": kind != "Service",
+                "isChargeable": True,
+                "membershipTypeId": 0,
+                "displayName": name,
+                "soldHours": 1.5 if kind == "Service" else None,
+            }
+        )[1:-1],
+        int(price.replace(".", "")) * qty,
+    )
+    for sku, name, kind, price in _SKUS
+    for qty in ((1, 1, 1) if kind == "PriceModifier" else (1, 2, 3))
+)
+_INVOICE_ADDRESSES_J = tuple(
+    _j(
+        {
+            "street": f"{100 + (k * 7919) % 9800} {_STREETS[k % len(_STREETS)]} St",
+            "unit": None,
+            "city": _CITIES[(k * 7) % len(_CITIES)][0],
+            "state": _CITIES[(k * 7) % len(_CITIES)][1],
+            "zip": f"{_CITIES[(k * 7) % len(_CITIES)][2]}{(k * 37) % 100:02d}",
+            "country": "USA",
+        }
+    )
+    for k in range(1024)
+)
+_UNIT_EMPLOYEE_J = tuple(
+    (
+        f'"businessUnit":{_j({"id": bu_id, "name": bu_name})},"termName":{_j(term)},'
+        f'"createdBy":{_j(emp_name)}',
+        f'{{"id":{emp_id},"name":{_j(emp_name)},"modifiedOn":',
+    )
+    for bu_id, bu_name in _BUSINESS_UNITS
+    for term in _TERMS
+    for emp_id, emp_name in _EMPLOYEES
+)
+_INVOICE_TAIL = (
+    '"paidOn":null,"importId":null,"exportId":null,"materialSkuId":null,"membershipId":null,'
+    '"budgetCodeId":null,"taxZoneId":null}'
+)
+
+
+def invoice_json(
     salt: int,
     record_id: int,
     version: int,
@@ -335,115 +393,58 @@ def render_invoice(
     active: bool,
     customer_salt: int,
     customers: int,
-) -> dict[str, Any]:
-    """One invoice as the export and list endpoints serve it; money fields are strings."""
+) -> str:
+    """One invoice as the export and list endpoints serve it, as JSON text; money fields are strings."""
     h = mix(salt ^ record_id)
     h2 = mix(h)
     hv = mix(h2 ^ (version * _GOLDEN & MASK64)) if version else h2
     created = format_ticks(created_ticks)
-    modified = format_ticks(modified_ticks)
-    day_ticks = created_ticks - created_ticks % (86_400 * 10_000_000)
+    day_ticks = created_ticks - created_ticks % _DAY_TICKS
+    day = format_ticks(day_ticks)
     items = []
     subtotal = 0
     for k in range(1 + h % 3):
-        sku_id, sku_name, sku_type, price = _SKUS[(h >> (8 + 4 * k)) % len(_SKUS)]
-        qty = 1 + (h >> (20 + 2 * k)) % 3 if sku_type != "PriceModifier" else 1
-        price_cents = int(price.replace(".", ""))
-        total_cents = price_cents * qty
+        mid, total_cents = _ITEMS_J[(h >> (8 + 5 * k)) % 24]
         subtotal += total_cents
         items.append(
-            {
-                "id": record_id * 10 + k,
-                "description": f"<p>{sku_name}</p>",
-                "quantity": f"{qty}.00",
-                "cost": _money(abs(price_cents) // 3),
-                "totalCost": _money(abs(price_cents) // 3 * qty),
-                "price": price,
-                "type": sku_type,
-                "skuName": sku_name,
-                "skuId": sku_id,
-                "total": _money(total_cents),
-                "inventory": sku_type in ("Material", "Equipment"),
-                "taxable": sku_type != "Service",
-                "isChargeable": True,
-                "membershipTypeId": 0,
-                "displayName": sku_name,
-                "soldHours": 1.5 if sku_type == "Service" else None,
-                "createdOn": created,
-                "modifiedOn": created,
-                "serviceDate": format_ticks(day_ticks),
-                "order": k + 1,
-                "addOn": False,
-            }
+            f'{{"id":{record_id * 10 + k},{mid},"createdOn":"{created}","modifiedOn":"{created}",'
+            f'"serviceDate":"{day}","order":{k + 1},"addOn":false}}'
         )
     tax = subtotal * 825 // 10_000 if subtotal > 0 else 0
     total = subtotal + tax
     paid = total if (hv >> 10) % 3 else total // 2 * ((hv >> 14) % 2)
-    bu_id, bu_name = _BUSINESS_UNITS[(h2 >> 8) % len(_BUSINESS_UNITS)]
-    emp_id, emp_name = _EMPLOYEES[(h2 >> 12) % len(_EMPLOYEES)]
-    customer_id = CUSTOMER_ID_BASE + (h2 >> 16) % customers if customers else None
-    city, state, zip_prefix, _, _ = _CITIES[(h2 >> 40) % len(_CITIES)]
-    address = {
-        "street": f"{100 + (h2 >> 24) % 9800} {_STREETS[(h2 >> 36) % len(_STREETS)]} St",
-        "unit": None,
-        "city": city,
-        "state": state,
-        "zip": f"{zip_prefix}{(h2 >> 50) % 100:02d}",
-        "country": "USA",
-    }
-    return {
-        "id": record_id,
-        "syncStatus": "Pending" if (hv >> 20) % 4 else "Exported",
-        "summary": f"<p>{_JOB_TYPES[(h2 >> 28) % len(_JOB_TYPES)]} visit</p>",
-        "referenceNumber": str(record_id - INVOICE_ID_BASE + 100_000),
-        "invoiceDate": format_ticks(day_ticks),
-        "dueDate": format_ticks(day_ticks + 30 * 86_400 * 10_000_000),
-        "subTotal": _money(subtotal),
-        "salesTax": _money(tax),
-        "salesTaxCode": {"id": 601, "name": "State Sales Tax", "taxRate": 0.0825},
-        "total": _money(total),
-        "balance": _money(total - paid),
-        "discountTotal": "0.00",
-        "invoiceType": None,
-        "customer": None
-        if customer_id is None
-        else {"id": customer_id, "name": customer_name(customer_salt, customer_id)},
-        "customerAddress": address,
-        "location": None
-        if customer_id is None
-        else {"id": customer_id + 70_000_000, "name": "Home"},
-        "locationAddress": address,
-        "businessUnit": {"id": bu_id, "name": bu_name},
-        "termName": _TERMS[(h2 >> 30) % len(_TERMS)],
-        "createdBy": emp_name,
-        "batch": None
+    job_type = _JOB_TYPES[(h2 >> 28) % len(_JOB_TYPES)]
+    unit_employee, employee_head = _UNIT_EMPLOYEE_J[(h2 >> 8) % 60]
+    address = _INVOICE_ADDRESSES_J[(h2 >> 40) & 1023]
+    if customers:
+        customer_id = CUSTOMER_ID_BASE + (h2 >> 16) % customers
+        customer = f'{{"id":{customer_id},"name":{_j(customer_name(customer_salt, customer_id))}}}'
+        location = f'{{"id":{customer_id + 70_000_000},"name":"Home"}}'
+    else:
+        customer = location = "null"
+    batch = (
+        "null"
         if (hv >> 22) % 3
-        else {"id": 7000 + (hv >> 24) % 50, "number": "B-1", "name": "Daily"},
-        "depositedOn": None,
-        "createdOn": created,
-        "modifiedOn": modified,
-        "adjustmentToId": None,
-        "job": {
-            "id": record_id + 30_000_000,
-            "number": str(record_id - INVOICE_ID_BASE + 500_000),
-            "type": _JOB_TYPES[(h2 >> 28) % len(_JOB_TYPES)],
-        },
-        "projectId": None,
-        "royalty": {"status": "Pending", "date": None, "sentOn": None, "memo": None},
-        "employeeInfo": {"id": emp_id, "name": emp_name, "modifiedOn": created},
-        "commissionEligibilityDate": None,
-        "sentStatus": _SENT[(hv >> 26) % len(_SENT)],
-        "reviewStatus": _REVIEW[(hv >> 28) % len(_REVIEW)],
-        "assignedTo": None,
-        "items": items,
-        "customFields": [{"name": "PO Number", "value": f"PO-{(h2 >> 44) % 100_000:05d}"}],
-        "active": active,
-        "invoiceConfiguration": _CONFIG[(h2 >> 56) % len(_CONFIG)],
-        "paidOn": None,
-        "importId": None,
-        "exportId": None,
-        "materialSkuId": None,
-        "membershipId": None,
-        "budgetCodeId": None,
-        "taxZoneId": None,
-    }
+        else f'{{"id":{7000 + (hv >> 24) % 50},"number":"B-1","name":"Daily"}}'
+    )
+    number = record_id - INVOICE_ID_BASE
+    return (
+        f'{{"id":{record_id},"syncStatus":"{"Pending" if (hv >> 20) % 4 else "Exported"}",'
+        f'"summary":"<p>{job_type} visit</p>","referenceNumber":"{number + 100_000}",'
+        f'"invoiceDate":"{day}","dueDate":"{format_ticks(day_ticks + 30 * _DAY_TICKS)}",'
+        f'"subTotal":"{_money(subtotal)}","salesTax":"{_money(tax)}",'
+        '"salesTaxCode":{"id":601,"name":"State Sales Tax","taxRate":0.0825},'
+        f'"total":"{_money(total)}","balance":"{_money(total - paid)}","discountTotal":"0.00",'
+        f'"invoiceType":null,"customer":{customer},"customerAddress":{address},'
+        f'"location":{location},"locationAddress":{address},{unit_employee},'
+        f'"batch":{batch},"depositedOn":null,"createdOn":"{created}",'
+        f'"modifiedOn":"{format_ticks(modified_ticks)}","adjustmentToId":null,'
+        f'"job":{{"id":{record_id + 30_000_000},"number":"{number + 500_000}","type":"{job_type}"}},'
+        '"projectId":null,"royalty":{"status":"Pending","date":null,"sentOn":null,"memo":null},'
+        f'"employeeInfo":{employee_head}"{created}"}},"commissionEligibilityDate":null,'
+        f'"sentStatus":"{_SENT[(hv >> 26) % 3]}","reviewStatus":"{_REVIEW[(hv >> 28) % 5]}",'
+        f'"assignedTo":null,"items":[{",".join(items)}],'
+        f'"customFields":[{{"name":"PO Number","value":"PO-{(h2 >> 44) % 100_000:05d}"}}],'
+        f'"active":{_BOOL[active]},"invoiceConfiguration":"{_CONFIG[(h2 >> 56) % 5]}",'
+        f"{_INVOICE_TAIL}"
+    )

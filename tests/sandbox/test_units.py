@@ -51,14 +51,15 @@ def test_bad_dates(text: str) -> None:
         parse_datetime(text)
 
 
-def _dataset(count: int = 1000, seed: int = 1) -> Dataset:
+def _dataset(count: int = 1000, seed: int = 1, data_type: DataType = DataType.CUSTOMERS) -> Dataset:
     ticks = iter(range(BASE_END + 1, BASE_END + 10**9))
     return Dataset(
         seed=seed,
         tenant_id=5,
         environment=Environment.PRODUCTION,
-        data_type=DataType.CUSTOMERS,
+        data_type=data_type,
         count=count,
+        customers=50,
         clock=lambda: next(ticks),
     )
 
@@ -111,8 +112,9 @@ def test_truth_is_incremental_and_equal_to_a_full_recount() -> None:
     assert active == sum(a for _, _, a in rows)
 
 
-def test_customer_json_text_is_canonical_json() -> None:
-    dataset = _dataset(2000)
+@pytest.mark.parametrize("data_type", list(DataType))
+def test_record_json_text_is_canonical_json(data_type: DataType) -> None:
+    dataset = _dataset(2000, data_type=data_type)
     dataset.modify(50)
     dataset.deactivate(50)
     for record_id in dataset.iter_by_id():
