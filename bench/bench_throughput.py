@@ -93,9 +93,7 @@ async def encode_export(base_url: str, data_type: DataType, path: Path) -> dict[
                             "production",
                             TENANT,
                             *(
-                                orjson.dumps(v).decode()
-                                if isinstance(v, dict)
-                                else ("" if v is None else v)
+                                v.decode() if isinstance(v, bytes) else ("" if v is None else v)
                                 for v in row
                             ),
                         ]

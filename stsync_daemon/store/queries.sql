@@ -119,6 +119,13 @@ INSERT INTO stsync.dead_letters (sync_id, credential_id, environment, tenant_id,
 SELECT $1, $2, $3, $4, $5, r.record_id, r.reason, r.payload
 FROM unnest($6::text[], $7::text[], $8::jsonb[]) AS r (record_id, reason, payload);
 
+-- name: has_customers
+-- Whether a tenant has any customer yet: a first sync of an empty tenant copies straight in.
+SELECT EXISTS (SELECT 1 FROM servicetitan.customers WHERE environment = $1 AND tenant_id = $2);
+
+-- name: has_invoices
+SELECT EXISTS (SELECT 1 FROM servicetitan.invoices WHERE environment = $1 AND tenant_id = $2);
+
 -- name: create_stage_customers
 CREATE TEMPORARY TABLE IF NOT EXISTS stsync_stage_customers (
     id bigint, name text, type text, active boolean, balance numeric,

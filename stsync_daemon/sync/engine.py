@@ -40,10 +40,26 @@ logger = logging.getLogger(__name__)
 # How far before the last committed modification a restart by date begins: late-arriving updates.
 RESTART_LOOKBACK = timedelta(minutes=30)
 _PREFETCH_PAGES = 4
+# A first load this large leaves statistics worth refreshing before the next sync plans its merge.
+_ANALYZE_AFTER_RECORDS = 50_000
 
 
 class SyncAlreadyRunning(ConflictError):
     """Another sync of the same (environment, tenant, data type) holds the lock."""
+
+
+@dataclass
+class _Load:
+    """How a sync writes its batches.
+
+    `direct`: the tenant had no rows of this data type when a sync from the beginning started, so
+    batches are copied straight into the table (what the COPY ceiling does) instead of through the
+    stage table and the merge. A batch that meets a row already there (an id exported twice) is
+    rolled back to its savepoint and merged instead, and so is every later batch.
+    """
+
+    direct: bool = False
+    direct_records: int = 0
 
 
 @dataclass(frozen=True)
@@ -412,12 +428,19 @@ class SyncEngine:
         tenant = self._client.tenant(access)
         shape = new_batch(request.data_type).shape
         await conn.execute(QUERIES[shape.create_stage])
+        credential = request.credential
+        load = _Load(
+            direct=start is None
+            and not await conn.fetchval(
+                QUERIES[f"has_{shape.table}"], credential.environment.value, credential.tenant_id
+            )
+        )
         try:
             async with contextlib.aclosing(
                 self._batches(tenant, request.data_type, start, result.timings)
             ) as it:
                 async for batch in it:
-                    await self._commit(conn, request, result, batch)
+                    await self._commit(conn, request, result, batch, load)
                     if progress is not None:
                         outcome = progress(
                             self._progress_event(request, result, time.monotonic() - clock0)
@@ -447,7 +470,10 @@ class SyncEngine:
                 self._batches(tenant, request.data_type, restart, result.timings)
             ) as it:
                 async for batch in it:
-                    await self._commit(conn, request, result, batch)
+                    await self._commit(conn, request, result, batch, load)
+        if load.direct_records >= _ANALYZE_AFTER_RECORDS:
+            # The planner has never seen these rows; later merges and status queries need it to.
+            await conn.execute(f"ANALYZE servicetitan.{shape.table}")
         if request.mode is SyncMode.FULL or start is None:
             await conn.execute(
                 QUERIES["complete_cursor"],
@@ -505,14 +531,26 @@ class SyncEngine:
                     await producer
 
     async def _commit(
-        self, conn: asyncpg.Connection, request: SyncRequest, result: SyncResult, batch: Batch
+        self,
+        conn: asyncpg.Connection,
+        request: SyncRequest,
+        result: SyncResult,
+        batch: Batch,
+        load: _Load,
     ) -> None:
         credential = request.credential
         shape = batch.shape
         failed = len(batch.rejected)
         clock = time.perf_counter()
         async with conn.transaction():
-            if batch.rows:
+            if batch.rows and load.direct:
+                try:
+                    async with conn.transaction():
+                        await self._copy_direct(conn, request, batch)
+                    load.direct_records += len(batch.rows)
+                except asyncpg.UniqueViolationError:
+                    load.direct = False
+            if batch.rows and not load.direct:
                 await conn.copy_records_to_table(
                     shape.stage_table, records=batch.rows.values(), columns=shape.columns
                 )
@@ -551,6 +589,19 @@ class SyncEngine:
         result.records_successful += batch.processed - failed
         result.records_failed += failed
         result.pages += batch.pages
+
+    async def _copy_direct(
+        self, conn: asyncpg.Connection, request: SyncRequest, batch: Batch
+    ) -> None:
+        """One binary COPY of the batch into the record table itself: the cheapest write there is."""
+        environment = request.credential.environment.value
+        tenant_id = request.credential.tenant_id
+        await conn.copy_records_to_table(
+            batch.shape.table,
+            schema_name="servicetitan",
+            records=[(environment, tenant_id, *row) for row in batch.rows.values()],
+            columns=("environment", "tenant_id", *batch.shape.columns),
+        )
 
     def _progress_event(
         self, request: SyncRequest, result: SyncResult, elapsed: float

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import orjson
+
 from ..enums import DataType
 
 Row = tuple[Any, ...]
@@ -115,7 +117,8 @@ def customer_row(record: dict[str, Any]) -> Row:
         _float(address.get("longitude")),
         parse_timestamp(record.get("createdOn")),
         _required_modified(record),
-        record,
+        # Encoded now, so a batch holds compact bytes rather than the parsed record's objects.
+        orjson.dumps(record),
     )
 
 
@@ -136,7 +139,7 @@ def invoice_row(record: dict[str, Any]) -> Row:
         _required_active(record),
         parse_timestamp(record.get("createdOn")),
         _required_modified(record),
-        record,
+        orjson.dumps(record),
     )
 
 
@@ -163,6 +166,7 @@ class Shape:
     stage_table: str
     create_stage: str
     merge: str
+    table: str
 
     @property
     def modified_index(self) -> int:
@@ -177,6 +181,7 @@ SHAPES: dict[DataType, Shape] = {
         "stsync_stage_customers",
         "create_stage_customers",
         "merge_customers",
+        "customers",
     ),
     DataType.INVOICES: Shape(
         DataType.INVOICES,
@@ -185,6 +190,7 @@ SHAPES: dict[DataType, Shape] = {
         "stsync_stage_invoices",
         "create_stage_invoices",
         "merge_invoices",
+        "invoices",
     ),
 }
 
