@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -145,6 +146,9 @@ class Daemon:
             self._tasks.append(
                 asyncio.create_task(watchdog_loop(self.notifier, interval), name="stsync-watchdog")
             )
+        # Everything alive now lives as long as the daemon: keep it out of every GC pass.
+        gc.collect()
+        gc.freeze()
         self.notifier.ready(status="idle")
         log_event(
             logger,

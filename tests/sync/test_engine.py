@@ -260,3 +260,29 @@ async def test_orphan_sweep_spares_live_syncs_and_interrupts_dead_ones(rig: Rig)
     live.cancel()
     with pytest.raises(asyncio.CancelledError):
         await live
+
+
+async def test_token_expiry_mid_sync_is_absorbed(rig: Rig) -> None:
+    from stsync_daemon.sandbox import EndpointKind
+
+    cred = await rig.add(101)
+    rig.sandbox.update_settings(token_ttl_seconds=1.0)
+    rig.sandbox.set_faults(FaultRule(tenant_id=101, latency_ms=250))
+    result = await rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS))
+    assert result.status is SyncStatus.COMPLETED, result.error_message
+    assert result.duration_seconds > 2.5  # outlived two tokens
+    tokens = rig.sandbox.counters(101, PROD).total(kind=EndpointKind.TOKEN, status=200)
+    assert tokens >= 2
+    await rig.assert_equal_truth(101, DataType.CUSTOMERS)
+
+
+async def test_expired_continuation_token_restarts_from_the_committed_date(rig: Rig) -> None:
+    cred = await rig.add(102)
+    first = await rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS))
+    assert first.status is SyncStatus.COMPLETED
+    await rig.sandbox.mutate(102, PROD, DataType.CUSTOMERS, modify=4)
+    rig.sandbox.invalidate_export_tokens(102, PROD, DataType.CUSTOMERS)
+    second = await rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS))
+    assert second.status is SyncStatus.COMPLETED, second.error_message
+    assert second.records_processed >= 4
+    await rig.assert_equal_truth(102, DataType.CUSTOMERS)
