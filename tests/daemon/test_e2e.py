@@ -367,3 +367,30 @@ async def test_other_uid_is_refused(sandbox: Sandbox, database_dsn: str) -> None
     finally:
         await daemon.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def test_malformed_requests_get_4xx_and_the_daemon_goes_on(
+    sandbox: Sandbox, database_dsn: str, workdir: Path
+) -> None:
+    daemon = await start_daemon(sandbox, database_dsn, workdir)
+    try:
+        connector = aiohttp.UnixConnector(path=str(daemon.socket))
+        async with aiohttp.ClientSession(connector=connector) as s:
+            for method, path, data in [
+                ("POST", "/v1/process", b"{not json"),
+                ("POST", "/v1/process", b'{"environment": "staging"}'),
+                ("POST", "/v1/process", b'{"bogus": 1}'),
+                ("POST", "/v1/retry", b"[1, 2]"),
+                ("GET", "/v1/status?limit=abc", None),
+                ("POST", "/v1/cancel/not-a-uuid", None),
+                ("GET", "/v1/credentials/00000000-0000-0000-0000-000000000000", None),
+                ("GET", "/v1/nothing-here", None),
+            ]:
+                async with s.request(method, f"http://localhost{path}", data=data) as r:
+                    body = await r.json()
+                    assert 400 <= r.status < 500, (path, r.status, body)
+                    assert body["message"], body
+        status, body = await daemon.request("GET", "/v1/health")
+        assert status == 200 and body["database"] == "ok"
+    finally:
+        await daemon.stop()
