@@ -92,15 +92,21 @@ async def encode_export(base_url: str, data_type: DataType, path: Path) -> dict[
                         [
                             "production",
                             TENANT,
-                            *(
-                                v.decode() if isinstance(v, bytes) else ("" if v is None else v)
-                                for v in row
-                            ),
+                            *(csv_value(v) for v in row),
                         ]
                     )
                 start = page["continueFrom"]
                 if not page["hasMore"]:
                     return split
+
+
+def csv_value(value: Any) -> Any:
+    """A staged row's value as COPY's CSV wants it (payloads: JSON text)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, dict):
+        return orjson.dumps(value).decode()
+    return "" if value is None else value
 
 
 def validate(record: dict[str, Any]) -> None:
