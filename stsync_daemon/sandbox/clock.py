@@ -25,30 +25,29 @@ def now_ticks() -> int:
 
 
 _TWO = [f"{i:02d}" for i in range(100)]
-_MINUTES: dict[int, str] = {}
+_DAYS: dict[int, str] = {}
 
 
-def _minute_prefix(minute: int) -> str:
-    prefix = _MINUTES.get(minute)
-    if prefix is None:
-        tm = time.gmtime(minute * 60)
-        prefix = (
-            f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T{tm.tm_hour:02d}:{tm.tm_min:02d}:"
-        )
-        if len(_MINUTES) >= 200_000:  # bounded: about 20 MB at most
-            _MINUTES.clear()
-        _MINUTES[minute] = prefix
+def _day_prefix(day: int) -> str:
+    tm = time.gmtime(day * 86_400)
+    prefix = f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T"
+    if len(_DAYS) >= 100_000:  # 270 years of days; bounded anyway
+        _DAYS.clear()
+    _DAYS[day] = prefix
     return prefix
 
 
 def format_ticks(ticks: int) -> str:
     """`2021-07-19T20:35:38.2876004Z`: like Newtonsoft's default, trailing zeros of the fraction dropped."""
     seconds, frac = divmod(ticks, TICKS_PER_SECOND)
-    minute, second = divmod(seconds, 60)
-    prefix = _MINUTES.get(minute) or _minute_prefix(minute)
+    day, second = divmod(seconds, 86_400)
+    hour, second = divmod(second, 3600)
+    minute, second = divmod(second, 60)
+    two = _TWO
+    head = f"{_DAYS.get(day) or _day_prefix(day)}{two[hour]}:{two[minute]}:{two[second]}"
     if frac:
-        return f"{prefix}{_TWO[second]}.{frac:07d}".rstrip("0") + "Z"
-    return f"{prefix}{_TWO[second]}Z"
+        return f"{head}.{frac:07d}".rstrip("0") + "Z"
+    return head + "Z"
 
 
 def looks_like_date(value: str) -> bool:
