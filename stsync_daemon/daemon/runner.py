@@ -761,7 +761,9 @@ class Runner:
         syncs: list[SyncView] = []
         skipped = list(skipped)
         unexpected = False
+        total_credentials = 0
         try:
+            total_credentials = await self._pool.fetchval(QUERIES["run_credentials"], run_id)
             syncs = [
                 sync_view_from_row(r)
                 for r in await self._pool.fetch(QUERIES["finished_syncs_of_run"], run_id)
@@ -803,16 +805,7 @@ class Runner:
             "action": action,
             "trigger": trigger.value,
             "status": status,
-            "total_credentials": len(
-                {s["credential_id"] for s in syncs}
-                | {
-                    s["credential_id"]
-                    for s in skipped
-                    if not s["reason"].startswith(
-                        ("credential", "scheduled", "gave up", "authentication")
-                    )
-                }
-            ),
+            "total_credentials": total_credentials,
             "total_syncs": len(syncs),
             "successful_syncs": successful,
             "failed_syncs": len(syncs) - successful + not_started,

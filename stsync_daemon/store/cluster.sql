@@ -131,3 +131,6 @@ SELECT id FROM stsync.runs WHERE status = 'running' AND instance = $1;
 
 -- name: select_instance
 SELECT host, pid, heartbeat_at, stopped_at FROM stsync.instances WHERE name = $1;
+
+-- name: run_credentials
+SELECT count(DISTINCT credential_id) FROM stsync.run_items WHERE run_id = $1;
