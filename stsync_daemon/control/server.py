@@ -299,16 +299,13 @@ class ControlServer:
         return json_response({"instances": await self._instances()})
 
     async def _run(
-        self,
-        request: web.Request,
-        plan: Callable[[], Awaitable[Any]],
-        start: Callable[[], Awaitable[Any]],
-        dry_run: bool,
+        self, request: web.Request, body: ProcessRequest | RetryRequest
     ) -> web.StreamResponse:
-        if dry_run:
-            return json_response(await plan())
-        run = await start()
-        queue = self._daemon.runner.subscribe(run)
+        runner = self._daemon.runner
+        if body.dry_run:
+            return json_response(await runner.plan_for(body))
+        run = await runner.start(body)
+        queue = runner.subscribe(run)
         response = web.StreamResponse(headers={"Content-Type": NDJSON})
         await response.prepare(request)
         with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
@@ -321,21 +318,10 @@ class ControlServer:
         return response
 
     async def process(self, request: web.Request) -> web.StreamResponse:
-        body: ProcessRequest = await self._body(request, ProcessRequest)
-        runner = self._daemon.runner
-        return await self._run(
-            request,
-            lambda: runner.plan_process(body),
-            lambda: runner.start_process(body),
-            body.dry_run,
-        )
+        return await self._run(request, await self._body(request, ProcessRequest))
 
     async def retry(self, request: web.Request) -> web.StreamResponse:
-        body: RetryRequest = await self._body(request, RetryRequest)
-        runner = self._daemon.runner
-        return await self._run(
-            request, lambda: runner.plan_retry(body), lambda: runner.start_retry(body), body.dry_run
-        )
+        return await self._run(request, await self._body(request, RetryRequest))
 
     async def runs(self, request: web.Request) -> web.Response:
         try:

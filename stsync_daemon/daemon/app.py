@@ -203,7 +203,7 @@ class Daemon:
 
     async def _start_scheduled(self, schedule: ScheduleConfig, scheduled_for: datetime) -> str:
         if schedule.action == "retry":
-            run = await self.runner.start_retry(
+            run = await self.runner.start(
                 RetryRequest(
                     max_age_hours=schedule.max_age_hours,
                     max_retries=schedule.max_retries,
@@ -216,7 +216,7 @@ class Daemon:
                 scheduled_for=scheduled_for,
             )
         else:
-            run = await self.runner.start_process(
+            run = await self.runner.start(
                 ProcessRequest(
                     environment=schedule.environment,
                     company_id=schedule.company_id,

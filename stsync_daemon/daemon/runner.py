@@ -324,30 +324,26 @@ class Runner:
             return None, str(exc)
         return count, None
 
-    async def plan_process(
-        self, request: ProcessRequest, trigger: Trigger = Trigger.MANUAL
-    ) -> Plan:
-        items, skipped = await self._select_process(request, trigger)
-        return await self.plan("process", items, skipped, estimate=request.estimate)
-
-    async def plan_retry(self, request: RetryRequest) -> Plan:
-        items, skipped = await self._select_retry(request)
-        return await self.plan("retry", items, skipped, estimate=False)
+    async def plan_for(self, request: ProcessRequest | RetryRequest) -> Plan:
+        """The dry run of a process or retry request."""
+        action, (items, skipped) = await self._select(request, Trigger.MANUAL)
+        estimate = isinstance(request, ProcessRequest) and request.estimate
+        return await self.plan(action, items, skipped, estimate=estimate)
 
     # -- execution ---------------------------------------------------------------------------
 
-    async def start_process(
+    async def start(
         self,
-        request: ProcessRequest,
+        request: ProcessRequest | RetryRequest,
         trigger: Trigger = Trigger.MANUAL,
         *,
         schedule_name: str | None = None,
         scheduled_for: datetime | None = None,
     ) -> Run:
         """Start a run; raises `TickNotClaimed` when a scheduled tick is not this one's to run."""
-        items, skipped = await self._select_process(request, trigger)
+        action, (items, skipped) = await self._select(request, trigger)
         return await self._start(
-            "process",
+            action,
             trigger,
             items,
             skipped,
@@ -358,26 +354,12 @@ class Runner:
             scheduled_for=scheduled_for,
         )
 
-    async def start_retry(
-        self,
-        request: RetryRequest,
-        trigger: Trigger = Trigger.MANUAL,
-        *,
-        schedule_name: str | None = None,
-        scheduled_for: datetime | None = None,
-    ) -> Run:
-        items, skipped = await self._select_retry(request)
-        return await self._start(
-            "retry",
-            trigger,
-            items,
-            skipped,
-            params=request.model_dump(mode="json"),
-            max_concurrent=request.max_concurrent,
-            timeout_seconds=request.timeout_seconds,
-            schedule_name=schedule_name,
-            scheduled_for=scheduled_for,
-        )
+    async def _select(
+        self, request: ProcessRequest | RetryRequest, trigger: Trigger
+    ) -> tuple[str, tuple[list[WorkItem], list[SkippedView]]]:
+        if isinstance(request, ProcessRequest):
+            return "process", await self._select_process(request, trigger)
+        return "retry", await self._select_retry(request)
 
     async def _start(
         self,
