@@ -35,6 +35,7 @@ class MutateRequest(_Request):
     modify: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     deactivate: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     create: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    corrupt: Annotated[int, Field(ge=0, le=1_000_000)] = 0
 
 
 class InvalidateRequest(_Request):
@@ -138,6 +139,7 @@ async def mutate(request: web.Request, state: SandboxState) -> web.Response:
         modify=body.modify,
         deactivate=body.deactivate,
         create=body.create,
+        corrupt=body.corrupt,
     )
     return _json(result.model_dump(mode="json"))
 

@@ -55,6 +55,7 @@ class Override:
     active: bool
     version: int
     created_ticks: int
+    corrupt: bool = False
 
 
 def salt_for(seed: int, tenant_id: int, data_type: DataType) -> int:
@@ -145,6 +146,15 @@ class Dataset:
 
     def render_json(self, record_id: int) -> str:
         """The record as served now, as JSON text."""
+        override = self.overrides.get(record_id)
+        if override is not None and override.corrupt:
+            # Real data sometimes breaks even the fields a sync depends on.
+            record = orjson.loads(self._render_valid(record_id))
+            record["modifiedOn"] = "not a date"
+            return orjson.dumps(record).decode()
+        return self._render_valid(record_id)
+
+    def _render_valid(self, record_id: int) -> str:
         ticks, active, version, created = self.state(record_id)
         if self.data_type is DataType.CUSTOMERS:
             return customer_json(self._salt, record_id, version, ticks, created, active)
@@ -322,6 +332,19 @@ class Dataset:
             record_id = self._id_base + 1 + self.total
             self.created += 1
             self._log(record_id, True, new=True)
+            ids.append(record_id)
+        return ids
+
+    def corrupt(self, count: int) -> list[int]:
+        """Serve `count` random records with an unparseable modifiedOn from now on.
+
+        The truth still counts each as the valid record it should have been.
+        """
+        ids: list[int] = []
+        for _ in range(count if self.total else 0):
+            record_id = self._random_id()
+            self._log(record_id, self.state(record_id)[1])
+            self.overrides[record_id].corrupt = True
             ids.append(record_id)
         return ids
 

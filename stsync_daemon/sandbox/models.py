@@ -111,6 +111,7 @@ class MutationResult(_Frozen):
     modified: tuple[int, ...] = ()
     deactivated: tuple[int, ...] = ()
     created: tuple[int, ...] = ()
+    corrupted: tuple[int, ...] = ()
 
 
 class Truth(_Frozen):

@@ -137,10 +137,17 @@ class Sandbox:
         modify: int = 0,
         deactivate: int = 0,
         create: int = 0,
+        corrupt: int = 0,
     ) -> MutationResult:
-        """Modify, deactivate and create records now, with modifiedOn later than any before."""
+        """Modify, deactivate, create (or corrupt) records now, modifiedOn later than any before."""
         return self.state.mutate(
-            tenant_id, environment, data_type, modify=modify, deactivate=deactivate, create=create
+            tenant_id,
+            environment,
+            data_type,
+            modify=modify,
+            deactivate=deactivate,
+            create=create,
+            corrupt=corrupt,
         )
 
     def truth(self, tenant_id: int, environment: Environment, data_type: DataType) -> Truth:

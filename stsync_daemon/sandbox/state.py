@@ -142,15 +142,17 @@ class SandboxState:
         modify: int = 0,
         deactivate: int = 0,
         create: int = 0,
+        corrupt: int = 0,
     ) -> MutationResult:
         """Change records now: each change gets a modifiedOn later than any before it."""
-        if min(modify, deactivate, create) < 0:
+        if min(modify, deactivate, create, corrupt) < 0:
             raise ConfigError("mutation counts must not be negative")
         dataset = self.dataset(tenant_id, environment, data_type)
         return MutationResult(
             modified=tuple(dataset.modify(modify)),
             deactivated=tuple(dataset.deactivate(deactivate)),
             created=tuple(dataset.create(create)),
+            corrupted=tuple(dataset.corrupt(corrupt)),
         )
 
     def truth(self, tenant_id: int, environment: Environment, data_type: DataType) -> Truth:

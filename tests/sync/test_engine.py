@@ -19,7 +19,7 @@ from stsync_daemon.enums import (
     SyncMode,
     SyncStatus,
 )
-from stsync_daemon.sandbox import FaultRule, Sandbox, SandboxConfig
+from stsync_daemon.sandbox import FaultRule, Sandbox, SandboxConfig, truth_digest
 from stsync_daemon.servicetitan import ServiceTitanClient
 from stsync_daemon.store.credentials import Credential, CredentialStore, NewCredential
 from stsync_daemon.store.crypto import SecretCipher
@@ -286,3 +286,27 @@ async def test_expired_continuation_token_restarts_from_the_committed_date(rig: 
     assert second.status is SyncStatus.COMPLETED, second.error_message
     assert second.records_processed >= 4
     await rig.assert_equal_truth(102, DataType.CUSTOMERS)
+
+
+async def test_a_malformed_record_is_dead_lettered_and_the_sync_completes(rig: Rig) -> None:
+    cred = await rig.add(102)
+    bad = await rig.sandbox.mutate(102, PROD, DataType.INVOICES, corrupt=1)
+    [bad_id] = bad.corrupted
+    result = await rig.engine.synchronize(SyncRequest(cred, DataType.INVOICES))
+    assert result.status is SyncStatus.COMPLETED
+    assert (result.records_processed, result.records_failed) == (200, 1)
+    assert result.records_successful == 199
+    letter = await rig.pool.fetchrow("SELECT * FROM stsync.dead_letters")
+    assert letter["record_id"] == str(bad_id) and letter["sync_id"] == result.sync_id
+    assert "modifiedOn" in letter["reason"] and letter["payload"]["modifiedOn"] == "not a date"
+    row = await rig.pool.fetchrow(
+        "SELECT records_failed, status FROM stsync.sync_log WHERE id = $1", result.sync_id
+    )
+    assert (row["records_failed"], row["status"]) == (1, "completed")
+    expected = truth_digest(
+        (r["id"], r["modifiedOn"], r["active"])
+        for r in rig.sandbox.records(102, PROD, DataType.INVOICES)
+        if r["id"] != bad_id
+    )
+    async with rig.pool.acquire() as conn:
+        assert await db_truth(conn, DataType.INVOICES, PROD, 102) == (199, expected)
