@@ -13,8 +13,6 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import orjson
-
 from ..enums import DataType
 
 Row = tuple[Any, ...]
@@ -117,8 +115,7 @@ def customer_row(record: dict[str, Any]) -> Row:
         _float(address.get("longitude")),
         parse_timestamp(record.get("createdOn")),
         _required_modified(record),
-        # Encoded now, so a batch holds compact bytes rather than the parsed record's objects.
-        orjson.dumps(record),
+        record,
     )
 
 
@@ -139,7 +136,7 @@ def invoice_row(record: dict[str, Any]) -> Row:
         _required_active(record),
         parse_timestamp(record.get("createdOn")),
         _required_modified(record),
-        orjson.dumps(record),
+        record,
     )
 
 
