@@ -102,8 +102,8 @@ async def encode_export(base_url: str, data_type: DataType, path: Path) -> dict[
 
 def csv_value(value: Any) -> Any:
     """A staged row's value as COPY's CSV wants it (payloads: JSON text)."""
-    if isinstance(value, bytes):
-        return value.decode()
+    if isinstance(value, bytes):  # binary jsonb: a version byte, then JSON text
+        return value.removeprefix(b"\x01").decode()
     if isinstance(value, dict):
         return orjson.dumps(value).decode()
     return "" if value is None else value

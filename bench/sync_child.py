@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import os
 import resource
@@ -25,6 +26,18 @@ from stsync_daemon.store.db import create_pool
 from stsync_daemon.sync.engine import SyncEngine, SyncRequest
 
 
+_PEAK: list = [0, None]
+
+
+async def _watch_peak() -> None:
+    """Keep the snapshot taken when traced memory was highest (what is alive at the peak)."""
+    while True:
+        await asyncio.sleep(0.2)
+        current = tracemalloc.get_traced_memory()[0]
+        if current > _PEAK[0]:
+            _PEAK[0], _PEAK[1] = current, tracemalloc.take_snapshot()
+
+
 def peak_rss_mb() -> float:
     """VmHWM: unlike ru_maxrss, it is not inherited from the parent across exec."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -35,7 +48,7 @@ def peak_rss_mb() -> float:
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
     if os.environ.get("STSYNC_BENCH_TRACEMALLOC"):
-        tracemalloc.start()
+        tracemalloc.start(12)
     settings = Settings(**orjson.loads(Path(args.settings).read_bytes()))
     pool = await create_pool(settings.database.dsn.get_secret_value(), min_size=1, max_size=4)
     out: dict[str, object] = {}
@@ -50,6 +63,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         )
         credential = await store.get(uuid.UUID(args.credential))
         gc.freeze()
+        watcher = asyncio.create_task(_watch_peak()) if os.environ.get("STSYNC_BENCH_TRACEMALLOC") else None
         for data_type in args.data_types.split(","):
             clock = time.perf_counter()
             result = await engine.synchronize(
@@ -67,8 +81,14 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
                 "timings": result.timings,
             }
     await pool.close()
+    if watcher is not None:
+        watcher.cancel()
     if os.environ.get("STSYNC_BENCH_TRACEMALLOC"):
-        snapshot = tracemalloc.take_snapshot()
+        snapshot = _PEAK[1] or tracemalloc.take_snapshot()
+        for stat in snapshot.statistics("traceback")[:6]:
+            print(stat, file=sys.stderr)
+            for line in stat.traceback.format()[-8:]:
+                print("   ", line, file=sys.stderr)
         for stat in snapshot.statistics("lineno")[:8]:
             print(stat, file=sys.stderr)
         print("peak traced MB", tracemalloc.get_traced_memory()[1] / 1e6, file=sys.stderr)

@@ -11,8 +11,11 @@ from ..errors import DatabaseError
 
 
 def _encode_jsonb(value: Any) -> bytes:
-    # Binary jsonb format: a version byte, then the JSON text. Raw bytes are already JSON.
-    if isinstance(value, bytes | bytearray | memoryview):
+    # Binary jsonb format: a version byte, then the JSON text. Bytes that start with the version
+    # byte are already in that format (JSON text never starts with \x01); other bytes are JSON.
+    if isinstance(value, bytes):
+        return value if value[:1] == b"\x01" else b"\x01" + value
+    if isinstance(value, bytearray | memoryview):
         return b"\x01" + bytes(value)
     return b"\x01" + orjson.dumps(value)
 

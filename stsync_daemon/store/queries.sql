@@ -126,6 +126,12 @@ SELECT EXISTS (SELECT 1 FROM servicetitan.customers WHERE environment = $1 AND t
 -- name: has_invoices
 SELECT EXISTS (SELECT 1 FROM servicetitan.invoices WHERE environment = $1 AND tenant_id = $2);
 
+-- name: analyze_customers
+ANALYZE servicetitan.customers;
+
+-- name: analyze_invoices
+ANALYZE servicetitan.invoices;
+
 -- name: create_stage_customers
 CREATE TEMPORARY TABLE IF NOT EXISTS stsync_stage_customers (
     id bigint, name text, type text, active boolean, balance numeric,

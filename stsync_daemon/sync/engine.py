@@ -39,7 +39,10 @@ logger = logging.getLogger(__name__)
 
 # How far before the last committed modification a restart by date begins: late-arriving updates.
 RESTART_LOOKBACK = timedelta(minutes=30)
-_PREFETCH_PAGES = 4
+_PREFETCH_PAGES = 2
+# A batch is committed at this many bytes of JSON even below `commit_batch_records`, so that
+# memory stays flat whatever the record size.
+_BATCH_BYTES = 8 * 1024 * 1024
 # A first load this large leaves statistics worth refreshing before the next sync plans its merge.
 _ANALYZE_AFTER_RECORDS = 50_000
 
@@ -436,17 +439,7 @@ class SyncEngine:
             )
         )
         try:
-            async with contextlib.aclosing(
-                self._batches(tenant, request.data_type, start, result.timings)
-            ) as it:
-                async for batch in it:
-                    await self._commit(conn, request, result, batch, load)
-                    if progress is not None:
-                        outcome = progress(
-                            self._progress_event(request, result, time.monotonic() - clock0)
-                        )
-                        if outcome is not None:
-                            await outcome
+            await self._drain(conn, tenant, request, result, start, load, progress, clock0)
         except ExportTokenInvalidError:
             if start is None or cursor is None:
                 raise
@@ -466,14 +459,10 @@ class SyncEngine:
                 data_type=request.data_type,
                 restart_from=restart or "beginning",
             )
-            async with contextlib.aclosing(
-                self._batches(tenant, request.data_type, restart, result.timings)
-            ) as it:
-                async for batch in it:
-                    await self._commit(conn, request, result, batch, load)
+            await self._drain(conn, tenant, request, result, restart, load, progress, clock0)
         if load.direct_records >= _ANALYZE_AFTER_RECORDS:
             # The planner has never seen these rows; later merges and status queries need it to.
-            await conn.execute(f"ANALYZE servicetitan.{shape.table}")
+            await conn.execute(QUERIES[f"analyze_{shape.table}"])
         if request.mode is SyncMode.FULL or start is None:
             await conn.execute(
                 QUERIES["complete_cursor"],
@@ -481,6 +470,31 @@ class SyncEngine:
                 request.data_type.value,
                 result.started_at,
             )
+
+    async def _drain(
+        self,
+        conn: asyncpg.Connection,
+        tenant: TenantClient,
+        request: SyncRequest,
+        result: SyncResult,
+        start: str | None,
+        load: _Load,
+        progress: ProgressCallback | None,
+        clock0: float,
+    ) -> None:
+        """Commit batch after batch from `start` to the end of the export."""
+        async with contextlib.aclosing(
+            self._batches(tenant, request.data_type, start, result.timings)
+        ) as batches:
+            async for batch in batches:
+                await self._commit(conn, request, result, batch, load)
+                del batch  # let it go before the next one is filled
+                if progress is not None:
+                    outcome = progress(
+                        self._progress_event(request, result, time.monotonic() - clock0)
+                    )
+                    if outcome is not None:
+                        await outcome
 
     async def _batches(
         self,
@@ -517,9 +531,10 @@ class SyncEngine:
                 if page is None:
                     break
                 clock = time.perf_counter()
-                batch.add_page(page.records, page.continue_from)
+                batch.add_page(page.records, page.continue_from, page.nbytes)
+                page = None  # the parsed records are rows now; free them before waiting
                 timings["convert"] += time.perf_counter() - clock
-                if batch.size >= self._batch_records:
+                if batch.size >= self._batch_records or batch.nbytes >= _BATCH_BYTES:
                     yield batch
                     batch = new_batch(data_type)
             if batch.pages:

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import orjson
+
 from ..enums import DataType
 
 Row = tuple[Any, ...]
@@ -94,6 +96,12 @@ def _ref_id(value: Any) -> int | None:
     return _int(value.get("id")) if isinstance(value, dict) else None
 
 
+def _jsonb(record: dict[str, Any]) -> bytes:
+    # Binary jsonb (version byte + JSON). The concatenation also trims orjson's output buffer, which
+    # it does not shrink: kept as is, each small payload would hold about 8 KB.
+    return b"\x01" + orjson.dumps(record)
+
+
 def customer_row(record: dict[str, Any]) -> Row:
     """A row for `stsync_stage_customers`."""
     address = record.get("address")
@@ -115,7 +123,7 @@ def customer_row(record: dict[str, Any]) -> Row:
         _float(address.get("longitude")),
         parse_timestamp(record.get("createdOn")),
         _required_modified(record),
-        record,
+        _jsonb(record),
     )
 
 
@@ -136,7 +144,7 @@ def invoice_row(record: dict[str, Any]) -> Row:
         _required_active(record),
         parse_timestamp(record.get("createdOn")),
         _required_modified(record),
-        record,
+        _jsonb(record),
     )
 
 
@@ -201,10 +209,12 @@ class Batch:
     rejected: list[Rejected]
     processed: int = 0
     pages: int = 0
+    nbytes: int = 0
     continue_from: str | None = None
     max_modified: datetime | None = None
 
-    def add_page(self, records: Sequence[Any], continue_from: str | None) -> None:
+    def add_page(self, records: Sequence[Any], continue_from: str | None, nbytes: int = 0) -> None:
+        """Convert a page now, so that only compact rows (payload as JSON bytes) stay in memory."""
         convert, rows, mod_i = self.shape.convert, self.rows, self.shape.modified_index
         max_modified = self.max_modified
         for record in records:
@@ -229,6 +239,7 @@ class Batch:
         self.max_modified = max_modified
         self.processed += len(records)
         self.pages += 1
+        self.nbytes += nbytes
         self.continue_from = continue_from
 
     @property
