@@ -263,10 +263,6 @@ class Runner:
             (r["credential_id"], r["data_type"]): r
             for r in await self._pool.fetch(QUERIES["select_cursors"], ids)
         }
-        successes = {
-            (r["credential_id"], r["data_type"]): r["completed_at"]
-            for r in await self._pool.fetch(QUERIES["last_success"], ids)
-        }
         plan_items: list[PlanItem] = []
         estimates: list[asyncio.Task[tuple[int | None, str | None]]] = []
         for item in items:
@@ -287,7 +283,7 @@ class Runner:
                     "mode": item.mode.value if resumes else SyncMode.FULL.value,
                     "resume_from": "continuation token" if resumes else "beginning",
                     "cursor_modified_on": iso(since),
-                    "last_success_at": iso(successes.get(key)),
+                    "last_success_at": iso(cursor["last_success_at"]) if cursor else None,
                     "estimated_records": None,
                     "estimate_error": None,
                     "retry_of": str(item.retry_of) if item.retry_of else None,

@@ -90,10 +90,20 @@ UPDATE stsync.sync_log SET
 WHERE id = $1;
 
 -- name: finish_sync
-UPDATE stsync.sync_log SET status = $2, error_category = $3, error_message = $4,
-    completed_at = now()
-WHERE id = $1 AND status = 'running'
-RETURNING completed_at, records_processed, records_successful, records_failed, pages;
+-- A sync's end, and for a success the cursor's last_success_at, in one statement.
+WITH done AS (
+    UPDATE stsync.sync_log SET status = $2, error_category = $3, error_message = $4,
+        completed_at = now()
+    WHERE id = $1 AND status = 'running'
+    RETURNING credential_id, data_type, status, completed_at, records_processed,
+              records_successful, records_failed, pages
+), success AS (
+    UPDATE stsync.cursors k SET last_success_at = done.completed_at
+    FROM done
+    WHERE done.status = 'completed'
+      AND k.credential_id = done.credential_id AND k.data_type = done.data_type
+)
+SELECT completed_at, records_processed, records_successful, records_failed, pages FROM done;
 
 -- name: select_sync
 SELECT s.*, c.company_id, co.name AS company_name, c.environment, c.tenant_id
@@ -214,22 +224,19 @@ WHERE ($1::text IS NULL OR c.company_id = $1)
 GROUP BY s.status;
 
 -- name: last_success
--- The newest completed sync of each (credential, data type) among the given credentials.
-SELECT DISTINCT ON (credential_id, data_type) credential_id, data_type, completed_at
-FROM stsync.sync_log
-WHERE status = 'completed' AND credential_id = ANY($1::uuid[])
-ORDER BY credential_id, data_type, started_at DESC;
+-- When each (credential, data type) of the given credentials last synced successfully.
+SELECT credential_id, data_type, last_success_at AS completed_at
+FROM stsync.cursors
+WHERE credential_id = ANY($1::uuid[]) AND last_success_at IS NOT NULL;
 
 -- name: all_last_success
-SELECT DISTINCT ON (s.credential_id, s.data_type) s.credential_id, s.data_type, s.completed_at,
-       c.company_id, c.environment
-FROM stsync.sync_log s JOIN stsync.credentials c ON c.id = s.credential_id
-WHERE s.status = 'completed'
-ORDER BY s.credential_id, s.data_type, s.started_at DESC;
+SELECT k.credential_id, k.data_type, k.last_success_at AS completed_at, c.company_id, c.environment
+FROM stsync.cursors k JOIN stsync.credentials c ON c.id = k.credential_id
+WHERE k.last_success_at IS NOT NULL;
 
 -- name: select_cursors
 SELECT credential_id, data_type, continue_from IS NOT NULL AS has_token, max_modified_on,
-       full_completed_at
+       full_completed_at, last_success_at
 FROM stsync.cursors WHERE credential_id = ANY($1::uuid[]);
 
 -- name: retry_candidates
@@ -280,9 +287,8 @@ SELECT c.id AS credential_id, c.company_id, co.name AS company_name, c.environme
        (array_agg(s.status ORDER BY s.started_at DESC))[1] AS last_status,
        (array_agg(s.error_message ORDER BY s.started_at DESC)
             FILTER (WHERE s.error_message IS NOT NULL))[1] AS last_error,
-       (SELECT max(l.completed_at) FROM stsync.sync_log l
-         WHERE l.credential_id = c.id AND l.data_type = d.data_type
-           AND l.status = 'completed') AS last_success_at
+       (SELECT k.last_success_at FROM stsync.cursors k
+         WHERE k.credential_id = c.id AND k.data_type = d.data_type) AS last_success_at
 FROM stsync.credentials c
 JOIN stsync.companies co ON co.id = c.company_id
 CROSS JOIN (VALUES ('customers'), ('invoices')) AS d (data_type)

@@ -141,6 +141,10 @@ async def test_incremental_sync_picks_up_exactly_the_changes(rig: Rig) -> None:
     await rig.assert_equal_truth(101, DataType.CUSTOMERS)
     third = await rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS))
     assert third.records_processed == 0
+    # The cursor remembers the last success, so dry runs never scan the sync log.
+    assert third.completed_at == await rig.pool.fetchval(
+        "SELECT last_success_at FROM stsync.cursors WHERE credential_id = $1", cred.id
+    )
 
 
 async def test_full_mode_restarts_from_the_beginning(rig: Rig) -> None:
