@@ -35,7 +35,7 @@ from common import (
     write_result,
 )
 
-LATENCY_MS = 200
+LATENCY_MS = 200.0
 LEVELS = (1, 3, 10)
 SPEEDUP = 0.85
 RATE_LIMIT = 60

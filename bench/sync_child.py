@@ -25,7 +25,6 @@ from stsync_daemon.store.crypto import SecretCipher
 from stsync_daemon.store.db import create_pool
 from stsync_daemon.sync.engine import SyncEngine, SyncRequest
 
-
 _PEAK: list = [0, None]
 
 
@@ -63,7 +62,11 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         )
         credential = await store.get(uuid.UUID(args.credential))
         gc.freeze()
-        watcher = asyncio.create_task(_watch_peak()) if os.environ.get("STSYNC_BENCH_TRACEMALLOC") else None
+        watcher = (
+            asyncio.create_task(_watch_peak())
+            if os.environ.get("STSYNC_BENCH_TRACEMALLOC")
+            else None
+        )
         for data_type in args.data_types.split(","):
             clock = time.perf_counter()
             result = await engine.synchronize(
