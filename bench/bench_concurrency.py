@@ -6,7 +6,7 @@ once per `max_concurrent`, from empty tables. Speed-up is the median time at 1 o
 at N; target >= 0.85 x N. Every tenant must stay at or under 60 requests/s, read from the sandbox's
 per-second peak counters (the daemon keeps ServiceTitan's default limit, 55/s).
 
-    .venv/bin/python bench/bench_concurrency.py [--tenants 30 --customers 1000 --invoices 1000 --runs 3]
+    .venv/bin/python bench/bench_concurrency.py [--tenants 30 --customers 100 --invoices 100 --page-size 50 --runs 3]
 """
 
 from __future__ import annotations
@@ -116,9 +116,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=30)
-    parser.add_argument("--customers", type=int, default=1000)
-    parser.add_argument("--invoices", type=int, default=1000)
-    parser.add_argument("--page-size", type=int, default=500)
+    parser.add_argument("--customers", type=int, default=100)
+    parser.add_argument("--invoices", type=int, default=100)
+    parser.add_argument("--page-size", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     r = asyncio.run(bench(args))
