@@ -50,35 +50,27 @@ async def pg_template(pg_cluster: PrivateCluster) -> str:
     return TEMPLATE_DB
 
 
+async def _admin(cluster: PrivateCluster, statement: str) -> None:
+    admin = await asyncpg.connect(cluster.dsn())
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
 async def database_dsn(pg_cluster: PrivateCluster, pg_template: str) -> AsyncIterator[str]:
     """A fresh, migrated database for one test, dropped afterwards."""
     name = f"t_{os.getpid()}_{next(_counter)}"
-    admin = await asyncpg.connect(pg_cluster.dsn())
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
-    finally:
-        await admin.close()
+    await _admin(pg_cluster, f"CREATE DATABASE {name} TEMPLATE {pg_template}")
     yield pg_cluster.dsn(name)
-    admin = await asyncpg.connect(pg_cluster.dsn())
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    await _admin(pg_cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
 async def empty_database_dsn(pg_cluster: PrivateCluster) -> AsyncIterator[str]:
     """A fresh database with no schema, for migration tests."""
     name = f"e_{os.getpid()}_{next(_counter)}"
-    admin = await asyncpg.connect(pg_cluster.dsn())
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
+    await _admin(pg_cluster, f"CREATE DATABASE {name}")
     yield pg_cluster.dsn(name)
-    admin = await asyncpg.connect(pg_cluster.dsn())
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    await _admin(pg_cluster, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
