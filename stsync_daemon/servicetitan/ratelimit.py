@@ -13,7 +13,9 @@ class RateLimiter:
     """Spaces requests `1/rate` seconds apart, so no 1-second window holds more than `rate` of them.
 
     Slots are reserved synchronously (no lock needed on one event loop), so concurrent callers queue
-    in arrival order. A cancelled waiter wastes its slot, which only errs on the safe side.
+    in arrival order. A cancelled waiter wastes its slot, which only errs on the safe side. A waiter
+    that wakes too soon after the last request actually sent (a busy event loop woke several late
+    waiters at once) waits out the gap, so a stall never turns into a burst.
     """
 
     def __init__(self, requests_per_second: float, *, clock: Clock, sleep: Sleep) -> None:
@@ -24,16 +26,19 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._next = -math.inf
+        self._last = -math.inf
 
     async def acquire(self) -> float:
-        """Wait for this request's slot; returns the seconds waited (0 when none)."""
-        now = self._clock()
-        slot = max(now, self._next)
+        """Wait for this request's slot; returns the seconds it was planned to wait (0 when none)."""
+        start = now = self._clock()
+        slot = max(start, self._next)
         self._next = slot + self._interval
-        wait = slot - now
-        if wait > 0:
+        # Spacing is checked against the last request actually sent, not only the schedule.
+        while (wait := max(slot, self._last + self._interval * 0.999) - now) > 0:
             await self._sleep(wait)
-        return wait
+            now = self._clock()
+        self._last = now
+        return max(0.0, slot - start)
 
     def hold_until(self, when: float) -> None:
         """Make every later request of this tenant wait until `when` (ServiceTitan said 429)."""

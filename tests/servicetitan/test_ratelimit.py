@@ -40,12 +40,9 @@ async def test_n_requests_take_at_least_n_minus_one_over_rate(clock: FakeClock) 
 
 
 async def test_concurrent_callers_queue_in_order() -> None:
-    async def no_sleep(seconds: float) -> None:
-        await asyncio.sleep(0)
-
-    limiter = RateLimiter(10, clock=lambda: 50.0, sleep=no_sleep)
+    limiter = RateLimiter(50, clock=time.monotonic, sleep=asyncio.sleep)
     waits = await asyncio.gather(*(limiter.acquire() for _ in range(5)))
-    assert [round(w, 6) for w in waits] == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert [round(w, 3) for w in waits] == [0.0, 0.02, 0.04, 0.06, 0.08]
 
 
 async def test_the_limiter_is_shared_per_app_key_and_tenant(
@@ -104,3 +101,24 @@ async def test_real_time_rate_is_respected(
         elapsed = time.monotonic() - started
     assert len(api.calls) == 21
     assert elapsed >= 20 / 40 - 0.02
+
+
+async def test_a_stalled_event_loop_does_not_release_a_burst() -> None:
+    """Waiters all woken late by a busy loop take fresh, spaced slots instead of going together."""
+    now = [0.0]
+    granted: list[float] = []
+
+    async def stalled_sleep(seconds: float) -> None:
+        now[0] += seconds + 0.5  # every sleep overshoots by half a second
+        await asyncio.sleep(0)
+
+    limiter = RateLimiter(10, clock=lambda: now[0], sleep=stalled_sleep)
+
+    async def one() -> None:
+        await limiter.acquire()
+        granted.append(now[0])
+
+    await asyncio.gather(*(one() for _ in range(20)))
+    granted.sort()
+    for i, t in enumerate(granted):  # any window [t, t+1) holds at most 10 requests
+        assert sum(1 for u in granted[i:] if u < t + 1.0) <= 10
