@@ -344,7 +344,11 @@ class Daemon:
         if hasattr(self, "client"):
             await self.client.close()
         if hasattr(self, "pool"):
-            await self.pool.close()
+            try:
+                await asyncio.wait_for(self.pool.close(), 10)
+            except TimeoutError:
+                log_event(logger, logging.WARNING, "database.close_timeout")
+                self.pool.terminate()
         log_event(logger, logging.INFO, "daemon.stopped", instance=self.instance)
 
 

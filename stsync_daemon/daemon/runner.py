@@ -829,9 +829,11 @@ class Runner:
         hit = False
         for local in list(self._local.values()):
             if target in (local.run_id, local.sync_id) and local.task is not None:
+                hit = True
+                if local.task.cancelling():
+                    continue  # once is enough: a second cancel would cut its cleanup short
                 local.control.cancel_status = status
                 local.task.cancel()
-                hit = True
         run = self._owned.get(target)
         if run is not None:
             run.cancel_status = status
@@ -913,7 +915,7 @@ class Runner:
     def interrupt_all(self) -> None:
         """Cancel every local sync now, logged `interrupted` (a second stop signal)."""
         for local in list(self._local.values()):
-            if local.task is not None:
+            if local.task is not None and not local.task.cancelling():
                 local.control.cancel_status = SyncStatus.INTERRUPTED
                 local.task.cancel()
 

@@ -281,18 +281,19 @@ class SyncEngine:
             await self._run_guarded(conn, request, result, start, cursor, progress, control)
             return result
         finally:
-            if locked and not conn.is_closed():
-                with contextlib.suppress(*DB_ERRORS):
-                    await conn.fetchval(
-                        _UNLOCK,
-                        lock_name(
-                            credential.environment.value,
-                            credential.tenant_id,
-                            request.data_type.value,
-                        ),
-                    )
+            # Shielded: a second cancellation during cleanup must not leak the connection (the
+            # pool would then wait for it forever on shutdown).
+            name = lock_name(
+                credential.environment.value, credential.tenant_id, request.data_type.value
+            )
+            await asyncio.shield(self._release(conn, name if locked else None))
+
+    async def _release(self, conn: Any, lock: str | None) -> None:
+        if lock is not None and not conn.is_closed():
             with contextlib.suppress(*DB_ERRORS):
-                await self._pool.release(conn)
+                await conn.fetchval(_UNLOCK, lock)
+        with contextlib.suppress(*DB_ERRORS):
+            await self._pool.release(conn)
 
     async def _run_guarded(
         self,
