@@ -5,7 +5,7 @@ where each tenant's export is a chain of slow requests). Runs alternate 1 and 3 
 configuration gets a warm-up run first (tokens), then timed full runs; we report medians and the
 speed-up of the medians (target at least 2.5x).
 
-    .venv/bin/python bench/bench_scaleout.py --tenants 300 --latency-ms 150 --runs 3
+    .venv/bin/python bench/bench_scaleout.py --tenants 300 --records 50 --page-size 50 --latency-ms 500 --runs 3
 """
 
 from __future__ import annotations
@@ -222,8 +222,8 @@ def main() -> None:
     parser.add_argument(
         "--records", type=int, default=200, help="customers and invoices per tenant"
     )
-    parser.add_argument("--page-size", type=int, default=100)
-    parser.add_argument("--latency-ms", type=float, default=150.0)
+    parser.add_argument("--page-size", type=int, default=50)
+    parser.add_argument("--latency-ms", type=float, default=500.0)
     parser.add_argument("--max-concurrent", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
