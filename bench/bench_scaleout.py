@@ -12,22 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
-import orjson
-from common import print_table, private_postgres, start_sandbox, summarize, write_result
+from common import Daemon, print_table, private_postgres, start_sandbox, summarize, write_result
 
 from stsync_daemon.store.crypto import generate_key
 from stsync_daemon.store.migrate import migrate
@@ -35,79 +29,10 @@ from stsync_daemon.store.migrate import migrate
 APP_KEY = "ak1.sandbox"
 
 
-class Daemon:
-    """`stsyncd run` in a subprocess with its own socket."""
-
-    def __init__(self, directory: Path, config: dict[str, Any]) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.socket = directory / "control.sock"
-        config = {**config, "control": {"socket": str(self.socket)}}
-        self.config = directory / "stsync.json.toml"
-        self.config.write_text(_toml(config))
-        self.log = directory / "stsyncd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "stsync_daemon.cli.stsyncd",
-                    "run",
-                    "--config",
-                    str(self.config),
-                ],
-                stdout=log,
-                stderr=log,
-            )
-        for _ in range(300):
-            if self.socket.exists():
-                try:
-                    await self.request("GET", "/v1/health")
-                    return
-                except (OSError, aiohttp.ClientError):
-                    pass
-            await asyncio.sleep(0.1)
-        raise SystemExit(f"stsyncd did not start: {self.log.read_text()[-2000:]}")
-
-    async def request(self, method: str, path: str, body: Any = None) -> Any:
-        connector = aiohttp.UnixConnector(path=str(self.socket))
-        timeout = aiohttp.ClientTimeout(total=3600)
-        async with (
-            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-            session.request(method, f"http://localhost{path}", json=body) as resp,
-        ):
-            raw = await resp.read()
-            if resp.content_type == "application/x-ndjson":
-                return [orjson.loads(line) for line in raw.splitlines() if line]
-            return orjson.loads(raw)
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(self.proc.wait, 60)
-        self.proc = None
-
-
-def _toml(data: dict[str, Any], prefix: str = "") -> str:
-    lines, tables = [], []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    for key, value in tables:
-        lines.append(f"\n[{prefix}{key}]")
-        lines.append(_toml(value, f"{prefix}{key}."))
-    return "\n".join(lines)
-
-
 async def timed_run(daemon: Daemon) -> tuple[float, dict[str, Any]]:
     clock = time.perf_counter()
-    events = await daemon.request("POST", "/v1/process", {"full": True})
+    summary = await daemon.process({"full": True})
     seconds = time.perf_counter() - clock
-    summary = events[-1]["summary"]
     if summary["failed_syncs"]:
         raise SystemExit(f"a benchmark run had failures: {summary['failed_syncs']}")
     return seconds, summary
@@ -161,8 +86,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     },
                 },
                 "sync": {"max_concurrent": args.max_concurrent, "shutdown_grace_seconds": 1},
-                "metrics": {"enabled": False},
-                "logging": {"level": "WARNING", "format": "json"},
             }
             daemons = [
                 Daemon(work / f"node-{n}", {**config, "cluster": {"instance": f"node-{n}"}})
@@ -170,7 +93,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             ]
             await daemons[0].start()
             for t in tenants:
-                await daemons[0].request(
+                status, body = await daemons[0].request(
                     "POST",
                     "/v1/credentials",
                     {
@@ -182,6 +105,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         "client_secret": t["client_secret"],
                     },
                 )
+                if status != 201:
+                    raise SystemExit(f"could not register tenant {t['tenant_id']}: {body}")
             times: dict[int, list[float]] = {1: [], 3: []}
             spread: dict[str, int] = {}
             for round_ in range(args.runs + 1):
