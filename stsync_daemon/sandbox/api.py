@@ -193,7 +193,7 @@ def render_list(dataset: Dataset, query: Mapping[str, str]) -> bytes:
                 break
         matched += 1
     total = str(matched) if include_total else "null"
-    data = ",".join([dataset.render_json(record_id) for record_id in out])
+    data = ",".join(dataset.render_page(out))
     return (
         f'{{"page":{page},"pageSize":{page_size},"hasMore":{"true" if has_more else "false"},'
         f'"totalCount":{total},"data":[{data}]}}'
@@ -216,7 +216,7 @@ async def render_export(
         page = _select(state, dataset, key, include_recent)
     body = state.cache.get(page.cache_key)
     if body is None:
-        body = _body(dataset, page, [dataset.render_json(record_id) for record_id in page.ids])
+        body = _body(dataset, page, dataset.render_page(page.ids))
         state.cache.put(page.cache_key, body)
     return body, (page.last if page.has_more else None)
 
@@ -248,10 +248,16 @@ def _select(state: SandboxState, dataset: Dataset, key: Key, include_recent: boo
 
 
 def _body(dataset: Dataset, page: _Page, parts: list[str]) -> bytes:
-    return (
+    """The page envelope around rendered records; `parts` is consumed (a page body is copied once)."""
+    head = (
         f'{{"hasMore":{"true" if page.has_more else "false"},'
-        f'"continueFrom":"{dataset.encode_token(page.last)}","data":[{",".join(parts)}]}}'
-    ).encode()
+        f'"continueFrom":"{dataset.encode_token(page.last)}","data":['
+    )
+    if not parts:
+        return f"{head}]}}".encode()
+    parts[0] = head + parts[0]
+    parts[-1] += "]}"
+    return ",".join(parts).encode()
 
 
 async def prefetch(state: SandboxState, dataset: Dataset, key: Key, include_recent: bool) -> None:
@@ -268,9 +274,7 @@ async def prefetch(state: SandboxState, dataset: Dataset, key: Key, include_rece
     try:
         parts: list[str] = []
         for start in range(0, len(page.ids), 50):
-            parts.extend(
-                dataset.render_json(record_id) for record_id in page.ids[start : start + 50]
-            )
+            parts += dataset.render_page(page.ids[start : start + 50])
             await asyncio.sleep(0)
             if dataset.generation != page.generation:
                 return  # changed meanwhile: this page will never be asked for

@@ -25,6 +25,7 @@ def now_ticks() -> int:
 
 
 _TWO = [f"{i:02d}" for i in range(100)]
+_HOUR_MINUTE = [f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60)]
 _DAYS: dict[int, str] = {}
 
 
@@ -38,16 +39,18 @@ def _day_prefix(day: int) -> str:
 
 
 def format_ticks(ticks: int) -> str:
-    """`2021-07-19T20:35:38.2876004Z`: like Newtonsoft's default, trailing zeros of the fraction dropped."""
+    """`2021-07-19T20:35:38.2876004Z`: like Newtonsoft's default, trailing zeros of the fraction dropped.
+
+    Every served record carries two of these, so it is built from tables rather than strftime.
+    """
     seconds, frac = divmod(ticks, TICKS_PER_SECOND)
     day, second = divmod(seconds, 86_400)
-    hour, second = divmod(second, 3600)
     minute, second = divmod(second, 60)
-    two = _TWO
-    head = f"{_DAYS.get(day) or _day_prefix(day)}{two[hour]}:{two[minute]}:{two[second]}"
+    head = _DAYS.get(day) or _day_prefix(day)
     if frac:
-        return f"{head}.{frac:07d}".rstrip("0") + "Z"
-    return head + "Z"
+        fraction = str(frac + TICKS_PER_SECOND)[1:].rstrip("0")
+        return f"{head}{_HOUR_MINUTE[minute]}{_TWO[second]}.{fraction}Z"
+    return f"{head}{_HOUR_MINUTE[minute]}{_TWO[second]}Z"
 
 
 def looks_like_date(value: str) -> bool:

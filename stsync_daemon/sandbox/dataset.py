@@ -12,14 +12,14 @@ import bisect
 import hashlib
 import random
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from ..enums import DataType, Environment
-from .clock import TICKS_PER_MS, format_ticks, parse_datetime
+from .clock import TICKS_PER_MS, TICKS_PER_SECOND, format_ticks, parse_datetime
 from .records import (
     CUSTOMER_ID_BASE,
     INVOICE_ID_BASE,
@@ -34,6 +34,7 @@ BASE_START = parse_datetime("2018-01-01T00:00:00Z")
 BASE_END = parse_datetime("2025-01-01T00:00:00Z")
 _SPAN_MS = (BASE_END - BASE_START) // TICKS_PER_MS
 BASE_START_MS = BASE_START // TICKS_PER_MS
+BASE_START_S = BASE_START // TICKS_PER_SECOND
 _CREATED_LAG_MS = 400 * 86_400 * 1000
 
 Key = tuple[int, int]
@@ -101,6 +102,7 @@ class Dataset:
         self._id_base = CUSTOMER_ID_BASE if data_type is DataType.CUSTOMERS else INVOICE_ID_BASE
         self._inactive_per_mille = 40 if data_type is DataType.CUSTOMERS else 20
         self._rng = random.Random(mix(self._salt ^ 0x5EED))
+        self._step_ms = max(1, _SPAN_MS // count) if count else 1
         self._base_digest: int | None = None
         self._base_active_count = 0
 
@@ -123,15 +125,18 @@ class Dataset:
     def _base_ticks(self, index: int) -> int:
         return self._base(index)[0]
 
-    def _base(self, index: int) -> tuple[int, bool, int]:
-        # One hash per record gives its modifiedOn (increasing with the index), status and createdOn.
+    def _base(self, index: int) -> tuple[int, bool, int, int]:
+        """(modifiedOn ticks, active, createdOn ticks, hash) of a record as generated.
+
+        One hash per record gives them all; modifiedOn falls in the record's own slice of the base
+        period, so it increases with the index. createdOn is whole seconds (cheaper to format).
+        """
         h = mix(self._salt ^ index)
-        bucket = index * _SPAN_MS // self.base_count
-        width = max(1, (index + 1) * _SPAN_MS // self.base_count - bucket)
-        ms = BASE_START_MS + bucket + h % width
+        step = self._step_ms
+        ms = BASE_START_MS + index * step + h % step
         ticks = ms * TICKS_PER_MS + ((h >> 40) % TICKS_PER_MS if (h >> 33) & 1 else 0)
-        created = max(BASE_START_MS, ms - (h >> 20) % _CREATED_LAG_MS) * TICKS_PER_MS
-        return ticks, (h >> 54) % 1000 >= self._inactive_per_mille, created
+        created = max(BASE_START_S, (ms - (h >> 20) % _CREATED_LAG_MS) // 1000) * TICKS_PER_SECOND
+        return ticks, (h >> 54) % 1000 >= self._inactive_per_mille, created, h
 
     def _base_key(self, index: int) -> Key:
         return (self._base(index)[0], self._id_base + 1 + index)
@@ -141,7 +146,7 @@ class Dataset:
         override = self.overrides.get(record_id)
         if override is not None:
             return override.ticks, override.active, override.version, override.created_ticks
-        ticks, active, created = self._base(record_id - self._id_base - 1)
+        ticks, active, created, _ = self._base(record_id - self._id_base - 1)
         return ticks, active, 0, created
 
     def render_json(self, record_id: int) -> str:
@@ -157,7 +162,8 @@ class Dataset:
     def _render_valid(self, record_id: int) -> str:
         ticks, active, version, created = self.state(record_id)
         if self.data_type is DataType.CUSTOMERS:
-            return customer_json(self._salt, record_id, version, ticks, created, active)
+            h = mix(self._salt ^ (record_id - self._id_base - 1))
+            return customer_json(h, record_id, version, ticks, created, active)
         return invoice_json(
             self._salt,
             record_id,
@@ -168,6 +174,37 @@ class Dataset:
             self._customer_salt,
             self._customers,
         )
+
+    def render_page(self, ids: Iterable[int]) -> list[str]:
+        """Records as served now, as JSON text: `render_json` without its per-record detours.
+
+        The export's hot path: the sandbox renders a cold page while the client decodes the last one,
+        and must stay well ahead of it.
+        """
+        overrides = self.overrides
+        base = self._base
+        index_base = self._id_base + 1
+        out: list[str] = []
+        if self.data_type is DataType.CUSTOMERS:
+            for record_id in ids:
+                if record_id in overrides:
+                    out.append(self.render_json(record_id))
+                else:
+                    ticks, active, created, h = base(record_id - index_base)
+                    out.append(customer_json(h, record_id, 0, ticks, created, active))
+            return out
+        salt, customer_salt, customers = self._salt, self._customer_salt, self._customers
+        for record_id in ids:
+            if record_id in overrides:
+                out.append(self.render_json(record_id))
+            else:
+                ticks, active, created, _ = base(record_id - index_base)
+                out.append(
+                    invoice_json(
+                        salt, record_id, 0, ticks, created, active, customer_salt, customers
+                    )
+                )
+        return out
 
     def render(self, record_id: int) -> dict[str, Any]:
         """The record as served now."""
@@ -188,10 +225,12 @@ class Dataset:
         if n:
             index = bisect.bisect_right(range(n), key, key=self._base_key)
             id_base = self._id_base + 1
+            # Base records all predate BASE_END: only a cutoff before it hides any of them.
+            base_cutoff = cutoff if cutoff is not None and cutoff < BASE_END else None
             while index < n and len(out) < want:
                 record_id = id_base + index
                 if record_id not in overrides:
-                    if cutoff is not None and self._base_ticks(index) > cutoff:
+                    if base_cutoff is not None and self._base_ticks(index) > base_cutoff:
                         return out[:limit], False
                     out.append(record_id)
                 index += 1
@@ -383,7 +422,7 @@ class Dataset:
             hashes = []
             active = 0
             for index in range(self.base_count):
-                ticks, is_active, _ = self._base(index)
+                ticks, is_active, _, _ = self._base(index)
                 active += is_active
                 hashes.append(row_hash(self.id_at(index), format_ticks(ticks), is_active))
             self._base_digest = combine(hashes)
@@ -393,7 +432,7 @@ class Dataset:
         for record_id, override in self.overrides.items():
             index = record_id - self._id_base - 1
             if index < self.base_count:
-                base_ticks, base_active, _ = self._base(index)
+                base_ticks, base_active, _, _ = self._base(index)
                 total -= row_hash(record_id, format_ticks(base_ticks), base_active)
                 active -= base_active
             total += row_hash(record_id, format_ticks(override.ticks), override.active)

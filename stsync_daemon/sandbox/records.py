@@ -17,6 +17,7 @@ from .clock import format_ticks
 
 MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
+_CONTENT = 0xD1342543DE82EF95
 
 
 def mix(value: int) -> int:
@@ -210,10 +211,7 @@ INVOICE_ID_BASE = 50_000_000
 
 def customer_name(salt: int, record_id: int) -> str:
     """The name of a customer; invoices use it too so that both data sets agree."""
-    h = mix(salt ^ record_id)
-    if h % 5 == 0:
-        return _COMPANY_NAMES[(h >> 3) % 400]
-    return _NAMES[(h >> 3) % 1600]
+    return _NAMES_BY_SLOT[mix(salt ^ (record_id - CUSTOMER_ID_BASE - 1)) * _CONTENT & 2047]
 
 
 def _money(cents: int) -> str:
@@ -230,8 +228,16 @@ def _field_pool(type_id: int, name: str, values: tuple[str | None, ...]) -> tupl
     return tuple(_j({"typeId": type_id, "name": name, "value": v}) for v in values)
 
 
-# Customers are rendered straight to JSON text from pre-encoded fragments: about 4x faster than
-# building dicts for orjson, and every string in the pools is plain ASCII without escapes.
+def _rare(slot: int, kind: int, per_mille: int) -> bool:
+    """Whether a pool slot gets a rare variant (about `per_mille` in 1000 slots, spread by a hash)."""
+    return mix(slot * 8 + kind) % 1000 < per_mille
+
+
+# Customers are rendered straight to JSON text from pre-encoded slots: a record's content hash picks a
+# few large blocks (name and type; address and the first custom fields; a status block that changes
+# with every version; payment terms) instead of formatting thirty fields one by one. Every string in
+# the pools is plain ASCII without escapes. About 1.5% of the name slots have the null `type`, of the
+# address slots the null `country`, and of the records the null `externalData` that real data has.
 _CF_SOURCE = _field_pool(2001, "Lead Source", _LEAD_SOURCES)
 _CF_SYSTEM = _field_pool(2002, "Equipment", _SYSTEMS)
 _CF_TIME = _field_pool(2003, "Preferred Time", _PREFERRED)
@@ -244,85 +250,105 @@ _CF_SCORE = _field_pool(
 _STREET_NAMES = tuple(f"{s} {t}" for s in _STREETS for t in _STREET_TYPES)
 _NAMES = tuple(f"{f} {last}" for last in _LAST for f in _FIRST)
 _COMPANY_NAMES = tuple(f"{last} {c}" for last in _LAST for c in _COMPANY)
-_NAMES_J = tuple(_j(n) for n in _NAMES)
-_COMPANY_NAMES_J = tuple(_j(n) for n in _COMPANY_NAMES)
 _UNITS_J = tuple(_j(u) for u in _UNITS)
 _TAG_SETS_J = tuple(
     _j([_TAGS[(k * 7 + j * 5) % len(_TAGS)] for j in range(k % 4)]) for k in range(64)
 )
-# 16 cities x 64 jittered points: the JSON around "country" inside "address".
-_PLACES_J = tuple(
-    (
-        f',"city":{_j(city)},"state":{_j(state)},"zip":"{prefix}{(k * 37) % 100:02d}","country":',
-        f',"latitude":{round(lat + (k * 53 % 64 - 32) / 900, 6)!r}'
-        f',"longitude":{round(lon + (k * 29 % 64 - 32) / 900, 6)!r}}}',
-    )
-    for city, state, prefix, lat, lon in _CITIES
-    for k in range(64)
-)
 _BOOL = ("false", "true")
-# Whole address objects (street, unit, place; with and without the null country) and the static
-# custom fields, pre-encoded: a record picks blocks instead of formatting thirty fields.
-_ADDRESSES_J = tuple(
-    tuple(
+
+# 2,048 name slots, one in five a company: `"name":…,"type":…,`.
+_IS_COMPANY = tuple(int(k % 5 == 0) for k in range(2048))
+_NAMES_BY_SLOT = tuple(
+    _COMPANY_NAMES[(k // 5 * 7) % 400] if company else _NAMES[(k * 13) % 1600]
+    for k, company in enumerate(_IS_COMPANY)
+)
+_NAME_SLOTS = tuple(
+    f'"name":{_j(name)},"type":'
+    + ("null" if _rare(k, 1, 15) else '"Commercial"' if company else '"Residential"')
+    + ","
+    for k, (name, company) in enumerate(zip(_NAMES_BY_SLOT, _IS_COMPANY, strict=True))
+)
+
+
+def _address_slot(k: int) -> str:
+    city, state, prefix, lat, lon = _CITIES[(k * 7) % 16]
+    jitter = (k * 13) % 64
+    unit = _UNITS_J[k % 6] if k % 8 == 0 else "null"
+    country = "null" if _rare(k, 2, 15) else '"USA"'
+    return (
         f'"address":{{"street":"{100 + (k * 7919) % 9800} {_STREET_NAMES[(k * 31) % 160]}",'
-        f'"unit":{_UNITS_J[k % 6] if k % 8 == 0 else "null"}'
-        f"{_PLACES_J[(k * 13) % 1024][0]}{country}{_PLACES_J[(k * 13) % 1024][1]}"
-        for country in ('"USA"', "null")
+        f'"unit":{unit},"city":{_j(city)},"state":{_j(state)},"zip":"{prefix}{(k * 37) % 100:02d}",'
+        f'"country":{country},"latitude":{round(lat + (jitter * 53 % 64 - 32) / 900, 6)!r},'
+        f'"longitude":{round(lon + (jitter * 29 % 64 - 32) / 900, 6)!r}}},'
+        f'"customFields":[{_CF_SOURCE[k & 7]},{_CF_SYSTEM[(k >> 3) % 6]},{_CF_TIME[(k >> 6) & 3]},'
     )
-    for k in range(4096)
+
+
+# 4,096 address slots, each with the first three custom fields: `"address":{…},"customFields":[…,`.
+_ADDRESS_SLOTS = tuple(_address_slot(k) for k in range(4096))
+_NOTES_SLOTS = tuple(f"{note}," for note in _CF_NOTES)
+_TAIL_SLOTS = tuple(f"{_CF_REFERRAL[k & 3]},{_CF_ZONE[(k >> 2) & 15]}," for k in range(64))
+
+
+def _status_slot(k: int, company: int) -> str:
+    m = mix(k * 2 + company + 0x5747)
+    balance = repr(((m >> 20) % 250_000) / 100) if m % 3 == 0 else "0.0"
+    return (
+        f'{_CF_SCORE[k & 15]}],"balance":{balance},'
+        f'"taxExempt":{_BOOL[company and (m >> 8) % 7 == 0]},"tagTypeIds":{_TAG_SETS_J[(m >> 12) & 63]},'
+        f'"doNotMail":{_BOOL[(m >> 40) % 9 == 0]},"doNotService":{_BOOL[(m >> 50) % 50 == 0]},'
+        f'"nationalAccount":{_BOOL[company and (m >> 56) % 11 == 0]},"createdOn":"'
+    )
+
+
+# The fields a modification changes, per version hash and per kind (person, company): from the last
+# custom field to the opening quote of `createdOn`.
+_STATUS_SLOTS = tuple(tuple(_status_slot(k, company) for k in range(4096)) for company in (0, 1))
+_CREATED_BY_SLOTS = tuple(f'","createdById":{100 + k},"modifiedOn":"' for k in range(40))
+_MERGED_SLOTS = tuple(str(CUSTOMER_ID_BASE + 1 + k) for k in range(1000))
+_MONEY_SLOTS = (
+    ('"paymentTermId":null,"creditLimit":null,"creditLimitBalance":null,"externalData":',) * 256,
+    tuple(
+        f'"paymentTermId":{401 + k % 3},"creditLimit":{float((k // 3 % 50 + 1) * 1000)!r},'
+        f'"creditLimitBalance":{float((k // 3 % 50 + 1) * 1000)!r},"externalData":'
+        for k in range(256)
+    ),
 )
-_CF_HEADS_J = tuple(
-    f"{_CF_SOURCE[k & 7]},{_CF_SYSTEM[(k >> 3) % 6]},{_CF_TIME[(k >> 6) & 3]}" for k in range(256)
-)
-_CF_TAILS_J = tuple(f"{_CF_REFERRAL[k & 3]},{_CF_ZONE[(k >> 2) & 15]}" for k in range(64))
+_SEGMENT_ENDS = ('{"key":"segment","value":"B2C"}]}', '{"key":"segment","value":"B2B"}]}')
 
 
 def customer_json(
-    salt: int,
+    h: int,
     record_id: int,
     version: int,
     modified_ticks: int,
     created_ticks: int,
     active: bool,
 ) -> str:
-    """One customer as the export and list endpoints serve it, as JSON text (about 1 KB)."""
-    h = mix(salt ^ record_id)
-    hv = mix(h ^ (version * _GOLDEN & MASK64)) if version else h
-    nulls = (h >> 24) % 1000
-    if h % 5 == 0:
-        name = _COMPANY_NAMES_J[(h >> 3) % 400]
-        kind = "null" if nulls < 15 else '"Commercial"'
-        credit = f"{float(((h >> 34) % 50 + 1) * 1000)!r}"
-        money = f'"paymentTermId":{401 + (h >> 60) % 3},"creditLimit":{credit},"creditLimitBalance":{credit}'
-        segment = "B2B"
-        flags = f'"taxExempt":{_BOOL[(h >> 33) % 7 == 0]}'
-        national = _BOOL[(h >> 56) % 11 == 0]
-    else:
-        name = _NAMES_J[(h >> 3) % 1600]
-        kind = "null" if nulls < 15 else '"Residential"'
-        money = '"paymentTermId":null,"creditLimit":null,"creditLimitBalance":null'
-        segment = "B2C"
-        flags = '"taxExempt":false'
-        national = "false"
-    balance = ((hv >> 47) % 250_000) / 100 if (hv >> 30) % 3 == 0 else 0.0
+    """One customer as the export and list endpoints serve it, as JSON text (about 1 KB).
+
+    `h` is the record's identity hash (its data set's `mix(salt ^ index)`), which also fixes its base
+    modifiedOn; the content hash is derived from it, and each version gets a status block of its own.
+    """
+    c = h * _CONTENT & MASK64  # a bijection of h: as spread, a fraction of mix's cost
+    v = mix(c ^ (version * _GOLDEN & MASK64)) if version else h
+    slot = c & 2047
+    company = _IS_COMPANY[slot]
+    rid = str(record_id)
     external = (
-        "null"
-        if 30 <= nulls < 45
-        else f'[{{"key":"crmId","value":"CRM-{record_id:09d}"}},{{"key":"segment","value":"{segment}"}}]'
+        "null}"
+        if (c >> 53) & 1023 < 15
+        else f'[{{"key":"crmId","value":"CRM-{rid.zfill(9)}"}},{_SEGMENT_ENDS[company]}'
     )
     return (
-        f'{{"id":{record_id},"active":{_BOOL[active]},"name":{name},"type":{kind},'
-        f"{_ADDRESSES_J[(h >> 12) & 4095][15 <= nulls < 30]},"
-        f'"customFields":[{_CF_HEADS_J[(h >> 40) & 255]},{_CF_NOTES[(hv >> 14) & 7]},'
-        f'{{"typeId":2005,"name":"Legacy Account","value":"LA-{record_id % 1_000_000:06d}"}},'
-        f"{_CF_TAILS_J[(h >> 48) & 63]},{_CF_SCORE[(hv >> 43) & 15]}],"
-        f'"balance":{balance!r},{flags},"tagTypeIds":{_TAG_SETS_J[(hv >> 24) & 63]},'
-        f'"doNotMail":{_BOOL[(hv >> 20) % 9 == 0]},"doNotService":{_BOOL[(h >> 50) % 50 == 0]},'
-        f'"nationalAccount":{national},"createdOn":"{format_ticks(created_ticks)}",'
-        f'"createdById":{100 + (h >> 58) % 40},"modifiedOn":"{format_ticks(modified_ticks)}",'
-        f'"mergedToId":{"null" if active else CUSTOMER_ID_BASE + (h >> 20) % 1000},'
-        f'{money},"externalData":{external}}}'
+        f'{{"id":{rid},"active":{_BOOL[active]},{_NAME_SLOTS[slot]}'
+        f"{_ADDRESS_SLOTS[(c >> 11) & 4095]}{_NOTES_SLOTS[(v >> 4) & 7]}"
+        f'{{"typeId":2005,"name":"Legacy Account","value":"LA-{rid[-6:]}"}},'
+        f"{_TAIL_SLOTS[(c >> 23) & 63]}{_STATUS_SLOTS[company][(v >> 8) & 4095]}"
+        f"{format_ticks(created_ticks)}{_CREATED_BY_SLOTS[(c >> 29) % 40]}"
+        f'{format_ticks(modified_ticks)}","mergedToId":'
+        f"{'null' if active else _MERGED_SLOTS[(c >> 35) % 1000]},"
+        f"{_MONEY_SLOTS[company][(c >> 45) & 255]}{external}"
     )
 
 
@@ -417,7 +443,7 @@ def invoice_json(
     unit_employee, employee_head = _UNIT_EMPLOYEE_J[(h2 >> 8) % 60]
     address = _INVOICE_ADDRESSES_J[(h2 >> 40) & 1023]
     if customers:
-        customer_id = CUSTOMER_ID_BASE + (h2 >> 16) % customers
+        customer_id = CUSTOMER_ID_BASE + 1 + (h2 >> 16) % customers
         customer = f'{{"id":{customer_id},"name":{_j(customer_name(customer_salt, customer_id))}}}'
         location = f'{{"id":{customer_id + 70_000_000},"name":"Home"}}'
     else:

@@ -120,3 +120,34 @@ def test_record_json_text_is_canonical_json(data_type: DataType) -> None:
     for record_id in dataset.iter_by_id():
         text = dataset.render_json(record_id)
         assert orjson.dumps(orjson.loads(text)).decode() == text
+
+
+@pytest.mark.parametrize("data_type", list(DataType))
+def test_page_rendering_equals_record_rendering(data_type: DataType) -> None:
+    dataset = _dataset(1500, data_type=data_type)
+    before = {i: dataset.render_json(i) for i in dataset.iter_by_id()}
+    changed = set(dataset.modify(40)) | set(dataset.deactivate(20)) | set(dataset.create(5))
+    ids = list(dataset.iter_by_modified())
+    page = dataset.render_page(ids)
+    assert page == [dataset.render_json(i) for i in ids]
+    after = dict(zip(ids, page, strict=True))
+    assert all(after[i] != before.get(i) for i in changed)
+    assert all(after[i] == before[i] for i in before if i not in changed)
+
+
+def test_invoices_name_the_customers_they_reference() -> None:
+    customers = _dataset(50)
+    invoices = Dataset(
+        seed=1,
+        tenant_id=5,
+        environment=Environment.PRODUCTION,
+        data_type=DataType.INVOICES,
+        count=300,
+        customers=50,
+        clock=lambda: BASE_END + 1,
+    )
+    names = {
+        r["id"]: r["name"] for r in map(orjson.loads, customers.render_page(customers.iter_by_id()))
+    }
+    for invoice in map(orjson.loads, invoices.render_page(invoices.iter_by_id())):
+        assert invoice["customer"]["name"] == names[invoice["customer"]["id"]]
