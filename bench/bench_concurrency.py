@@ -71,7 +71,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     for level in LEVELS:
                         await reset_records(dsn)
                         sandbox_admin(sandbox.base_url, "POST", "counters/reset", {})
-                        summary = await daemon.process({"max_concurrent": level})
+                        summary = await daemon.run("/v1/process", {"max_concurrent": level})
                         expected = 2 * args.tenants
                         if summary["successful_syncs"] != expected:
                             raise SystemExit(

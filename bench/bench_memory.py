@@ -59,7 +59,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     await reset_records(dsn)
                     daemon = await Daemon(work / f"daemon-{name}-{run}", settings).start()
                     try:
-                        summary = await daemon.process({"credential_id": ids[name]})
+                        summary = await daemon.run("/v1/process", {"credential_id": ids[name]})
                         if summary["total_records_processed"] != count:
                             raise SystemExit(f"{name}: synced {summary}")
                         rates[name].append(count / summary["execution_time_seconds"])

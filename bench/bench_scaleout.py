@@ -31,7 +31,7 @@ APP_KEY = "ak1.sandbox"
 
 async def timed_run(daemon: Daemon) -> tuple[float, dict[str, Any]]:
     clock = time.perf_counter()
-    summary = await daemon.process({"full": True})
+    summary = await daemon.run("/v1/process", {"full": True})
     seconds = time.perf_counter() - clock
     if summary["failed_syncs"]:
         raise SystemExit(f"a benchmark run had failures: {summary['failed_syncs']}")

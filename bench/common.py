@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
+from stsync_daemon.embedded.daemon import DaemonProcess  # noqa: E402
 from stsync_daemon.embedded.postgres import PrivateCluster  # noqa: E402
 
 # What the benchmarks' PostgreSQL looks like: durable (fsync on), sized like a small server.
@@ -306,123 +307,13 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def to_toml(data: dict[str, Any], prefix: str = "") -> str:
-    """A tiny TOML writer for configs (tables, arrays of tables, scalars)."""
-    lines: list[str] = []
-    tables: list[tuple[str, Any]] = []
-    for key, value in data.items():
-        if isinstance(value, dict) or (
-            isinstance(value, list) and value and isinstance(value[0], dict)
-        ):
-            tables.append((key, value))
-        elif value is not None:
-            lines.append(f"{key} = {json.dumps(value)}")
-    for key, value in tables:
-        name = f"{prefix}{key}"
-        if isinstance(value, list):
-            for item in value:
-                lines.append(f"\n[[{name}]]")
-                lines.append(to_toml(item, f"{name}."))
-        else:
-            lines.append(f"\n[{name}]")
-            lines.append(to_toml(value, f"{name}."))
-    return "\n".join(lines)
-
-
-class Daemon:
-    """A real `stsyncd run` subprocess with its own config file, driven over its control socket."""
+class Daemon(DaemonProcess):
+    """stsyncd as the benchmarks run it: no metrics listener, and a log of warnings only."""
 
     def __init__(self, directory: Path, settings: dict[str, Any]) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
-        self.socket = directory / "control.sock"
-        settings = dict(settings)
-        settings["control"] = {**settings.get("control", {}), "socket": str(self.socket)}
-        settings["metrics"] = {"enabled": False, **settings.get("metrics", {})}
-        settings["logging"] = {"format": "json", "level": "WARNING", **settings.get("logging", {})}
-        self.config = directory / "stsync.toml"
-        self.config.write_text(to_toml(settings))
-        self.log = directory / "stsyncd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def start(self, timeout: float = 60.0) -> Daemon:
-        import asyncio
-
-        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "stsync_daemon.cli.stsyncd",
-                    "run",
-                    "--config",
-                    str(self.config),
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"stsyncd exited {self.proc.returncode}: {self.tail()}")
-            if self.socket.exists():
-                try:
-                    status, _ = await self.request("GET", "/v1/health")
-                    if status == 200:
-                        return self
-                except OSError:
-                    pass
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"stsyncd did not come up: {self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        import aiohttp
-
-        timeout = aiohttp.ClientTimeout(total=None)
-        async with (
-            aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=str(self.socket)), timeout=timeout
-            ) as s,
-            s.request(method, f"http://localhost{path}", json=body) as resp,
-        ):
-            raw = await resp.read()
-            if resp.content_type == "application/x-ndjson":
-                return resp.status, [orjson.loads(line) for line in raw.splitlines() if line]
-            return resp.status, orjson.loads(raw) if raw else None
-
-    async def process(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /v1/process and return the run summary carried by `run.finished`."""
-        status, events = await self.request("POST", "/v1/process", body)
-        if status != 200:
-            raise RuntimeError(f"process failed ({status}): {events}")
-        finished = [e for e in events if e.get("event") == "run.finished"]
-        if not finished:
-            raise RuntimeError(f"no run.finished event: {events[-3:]}")
-        summary: dict[str, Any] = finished[0]["summary"]
-        return summary
-
-    async def stop(self) -> None:
-        import asyncio
-        import signal
-
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while self.proc.poll() is None:
-                if time.monotonic() > deadline:
-                    self.proc.kill()
-                    break
-                await asyncio.sleep(0.05)
+        metrics = {"enabled": False, **settings.get("metrics", {})}
+        logging = {"level": "WARNING", **settings.get("logging", {})}
+        super().__init__(directory, {**settings, "metrics": metrics, "logging": logging})
 
 
 def work_dir(prefix: str) -> Path:

@@ -18,14 +18,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import orjson
 
+from .embedded.daemon import DaemonProcess
 from .enums import Environment
 from .errors import StsyncError
 from .sandbox import FaultRule, Sandbox, SandboxConfig, TenantSpec
@@ -152,9 +151,8 @@ class Demo:
         self.metrics_port = metrics_port
         self.cluster: Any = None
         self.sandbox: Sandbox | None = None
-        self.daemon: subprocess.Popen[bytes] | None = None
-        self.socket = state / "run" / "control.sock"
-        self.log = state / "stsyncd.log"
+        # Its own session: Ctrl-C reaches only the demo, which stops everything in order.
+        self.daemon = DaemonProcess(state, new_session=True)
 
     async def start(self) -> None:
         from .embedded.postgres import PrivateCluster
@@ -213,7 +211,6 @@ class Demo:
         if not key.exists():
             key.write_text(generate_key() + "\n")
             key.chmod(0o600)
-        config = self.state / "stsync.toml"
         urls = {
             env.value: {
                 "auth_url": self.sandbox.auth_url(env),
@@ -228,7 +225,7 @@ class Demo:
             "servicetitan.environments.production": urls["production"],
             "servicetitan.environments.integration": urls["integration"],
             "sync": {"max_concurrent": 3, "timeout_seconds": 600, "shutdown_grace_seconds": 5},
-            "control": {"socket": str(self.socket)},
+            "control": {"socket": str(self.daemon.socket)},
             "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
             "scheduler": {"misfire_grace_seconds": 30},
             "logging": {"format": "json"},
@@ -238,49 +235,18 @@ class Demo:
             {"name": "demo-retry", "cron": "*/5 * * * *", "action": "retry", "max_age_hours": 1},
             {"name": "demo-report", "cron": "*/10 * * * *", "action": "report", "max_age_hours": 1},
         ]
-        _write_config(config, values, schedules)
-        self.daemon = self._spawn_daemon(config)
-        await self._wait_ready()
+        _write_config(self.daemon.config, values, schedules)
+        await self.daemon.start()
         await self._register()
 
-    def _spawn_daemon(self, config: Path) -> subprocess.Popen[bytes]:
-        with self.log.open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "stsync_daemon.cli.stsyncd", "run", "--config", str(config)],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-
-    async def _request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        connector = aiohttp.UnixConnector(path=str(self.socket))
-        async with (
-            aiohttp.ClientSession(connector=connector) as session,
-            session.request(method, f"http://localhost{path}", json=body) as resp,
-        ):
-            return resp.status, await resp.json(content_type=None)
-
-    async def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.daemon is not None and self.daemon.poll() is not None:
-                tail = self.log.read_text(errors="replace").strip().splitlines()[-5:]
-                raise StsyncError("stsyncd exited during start-up: " + " | ".join(tail))
-            with contextlib.suppress(OSError, aiohttp.ClientError):
-                status, _ = await self._request("GET", "/v1/health")
-                if status == 200:
-                    return
-            await asyncio.sleep(0.2)
-        raise StsyncError(f"stsyncd did not answer on {self.socket} within 60 s (see {self.log})")
-
     async def _register(self) -> None:
-        status, body = await self._request("GET", "/v1/credentials")
+        status, body = await self.daemon.request("GET", "/v1/credentials")
         known = {(c["environment"], c["tenant_id"]) for c in body["credentials"]}
         for c in _companies():
             if (c["env"].value, c["tenant"]) in known:
                 continue
             secret = "wrong-secret" if c.get("broken") else f"demo-secret-{c['tenant']}"
-            status, body = await self._request(
+            status, body = await self.daemon.request(
                 "POST",
                 "/v1/credentials",
                 {
@@ -297,7 +263,7 @@ class Demo:
 
     def banner(self) -> str:
         assert self.sandbox is not None
-        sock = self.socket
+        sock = self.daemon.socket
         ctl = f"STSYNC_SOCKET={sock} ./stsync stsyncctl"
         return "\n".join(
             [
@@ -307,7 +273,7 @@ class Demo:
                 f"  metrics         http://127.0.0.1:{self.metrics_port}/metrics",
                 f"  sandbox         {self.sandbox.base_url}  (stands in for ServiceTitan)",
                 f"  database        {self.cluster.dsn('stsync')}",
-                f"  daemon log      {self.log}",
+                f"  daemon log      {self.daemon.log}",
                 f"  schedules       process '{self.cron}', retry every 5 min, report every 10 min",
                 "",
                 "Companies: Acme Plumbing (both environments), Bright HVAC (slow, flaky API),",
@@ -336,11 +302,11 @@ class Demo:
             "schedule.fired",
         }
         while not stop.is_set():
-            if self.daemon is not None and self.daemon.poll() is not None:
-                print(f"stsyncd exited with {self.daemon.returncode}; see {self.log}")
+            if (code := self.daemon.poll()) is not None:
+                print(f"stsyncd exited with {code}; see {self.daemon.log}")
                 stop.set()
                 return
-            with self.log.open("rb") as fh:
+            with self.daemon.log.open("rb") as fh:
                 fh.seek(position)
                 chunk = fh.read()
             position += len(chunk)
@@ -372,13 +338,7 @@ class Demo:
                 await asyncio.wait_for(stop.wait(), 0.5)
 
     async def stop(self) -> None:
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(self.daemon.wait, 30)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                await asyncio.to_thread(self.daemon.wait)
+        await self.daemon.stop(grace_seconds=30)
         if self.sandbox is not None:
             await self.sandbox.stop()
         if self.cluster is not None:

@@ -1,1 +1,1 @@
-"""Embedded parts for the demo and the tests: a private PostgreSQL cluster."""
+"""Embedded parts for the demo, tests and benchmarks: a private PostgreSQL, stsyncd as a child."""

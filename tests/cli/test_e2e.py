@@ -13,9 +13,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from stsync_daemon.embedded.daemon import DaemonProcess
 from stsync_daemon.enums import DataType, Environment
 from stsync_daemon.sandbox import FaultRule, Sandbox, SandboxConfig
-from tests.support import DaemonProcess, daemon_settings, tenant, write_key
+from tests.support import daemon_settings, tenant, write_key
 
 from .conftest import STSYNCCTL, Result, cli_env, run_as_nobody, run_cli
 

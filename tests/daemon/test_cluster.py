@@ -12,10 +12,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from stsync_daemon.embedded.daemon import DaemonProcess
 from stsync_daemon.enums import DataType, Environment
 from stsync_daemon.sandbox import FaultRule, Sandbox, SandboxConfig
 from tests.support import (
-    DaemonProcess,
     credential_body,
     daemon_settings,
     db_truth,

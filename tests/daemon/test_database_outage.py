@@ -12,10 +12,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from stsync_daemon.embedded.daemon import DaemonProcess
 from stsync_daemon.embedded.postgres import PrivateCluster
 from stsync_daemon.sandbox import Sandbox, SandboxConfig
 from stsync_daemon.store.migrate import migrate
-from tests.support import DaemonProcess, credential_body, daemon_settings, tenant, write_key
+from tests.support import credential_body, daemon_settings, tenant, write_key
 
 SPEC = tenant(401, customers=300, invoices=100)
 
@@ -60,7 +61,7 @@ async def test_daemon_survives_a_database_outage(
         status, body = await daemon.request("POST", "/v1/process", {})
         assert status == 503 and "database" in body["message"]
         await asyncio.sleep(2)  # housekeeping fails meanwhile, and must not kill the daemon
-        assert daemon.proc.poll() is None
+        assert daemon.poll() is None
         await asyncio.to_thread(own_cluster.start)
         for _ in range(50):
             status, health = await daemon.request("GET", "/v1/health")

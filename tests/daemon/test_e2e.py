@@ -17,10 +17,10 @@ import aiohttp
 import asyncpg
 import pytest
 
+from stsync_daemon.embedded.daemon import DaemonProcess
 from stsync_daemon.enums import DataType, Environment
 from stsync_daemon.sandbox import FaultRule, Sandbox, SandboxConfig
 from tests.support import (
-    DaemonProcess,
     credential_body,
     daemon_settings,
     db_truth,
@@ -266,11 +266,7 @@ async def test_stop_mid_run_leaves_a_consistent_resumable_database(
         if signum == signal.SIGTERM:
             assert statuses <= {"completed", "interrupted"} and "interrupted" in statuses
         sandbox.set_faults()
-        daemon = (
-            await DaemonProcess(daemon.directory, {}, None).start()
-            if False
-            else await _restart(daemon)
-        )
+        await daemon.start()
         statuses = {r["status"] for r in await conn.fetch("SELECT status FROM stsync.sync_log")}
         assert "running" not in statuses and "interrupted" in statuses
         summary = await daemon.run("/v1/process", {"max_concurrent": 6})
@@ -280,11 +276,6 @@ async def test_stop_mid_run_leaves_a_consistent_resumable_database(
     finally:
         await conn.close()
         await daemon.stop()
-
-
-async def _restart(daemon: DaemonProcess) -> DaemonProcess:
-    daemon.proc = None
-    return await daemon.start()
 
 
 async def test_systemd_ready_and_watchdog_and_metrics(
