@@ -2,7 +2,8 @@
 
 dlt (its REST API source on the sandbox's export endpoints, PostgreSQL destination, merge on id) is
 what a user would pick instead of stsync. Both load into the same private PostgreSQL from the same
-sandbox process in the same run, alternating, each run starting from empty tables. Target: stsync
+sandbox process in the same run, alternating, each run starting from empty tables; stsync syncs the
+two data types side by side as the daemon does, dlt runs its pipeline with its defaults. Target: stsync
 at least 4x dlt's records/s. Needs dlt: `.venv/bin/pip install -e '.[bench]'`.
 
     .venv/bin/python bench/bench_peer.py [--customers 100000 --invoices 100000 --runs 3]
@@ -113,12 +114,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         credential,
                         "--data-types",
                         "customers,invoices",
+                        "--concurrent",
                     ]
                 )
                 records = out["customers"]["records"] + out["invoices"]["records"]
                 if records != total:
                     raise SystemExit(f"stsync stored {records} of {total} records")
-                stsync.append(total / (out["customers"]["seconds"] + out["invoices"]["seconds"]))
+                stsync.append(total / out["seconds"])
                 stsync_rss.append(out["peak_rss_mb"])
                 await drop_dlt(dsn, pipelines)
                 out = child(

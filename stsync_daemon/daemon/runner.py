@@ -586,6 +586,7 @@ class Runner:
             outcome = f"unexpected: {type(exc).__name__}: {exc}"
         finally:
             self._local.pop(key, None)
+            self.wake()  # the slot is free: claim the next item while this one is booked
             if started and env is not None:
                 self._record(result or local.control.result, env, data_type)
             with contextlib.suppress(*DB_ERRORS):
@@ -602,7 +603,6 @@ class Runner:
                 run.changed.set()
             else:
                 await self._announce(f"done:{run_id}")
-            self.wake()
 
     def _sync_event(
         self,

@@ -54,43 +54,59 @@ DELETE FROM stsync.credentials WHERE id = $1 RETURNING id;
 -- name: count_credentials_by_status
 SELECT status, count(*) AS n FROM stsync.credentials GROUP BY status;
 
--- name: select_cursor
-SELECT continue_from, max_modified_on, full_completed_at, updated_at
-FROM stsync.cursors WHERE credential_id = $1 AND data_type = $2;
-
--- name: upsert_cursor
-INSERT INTO stsync.cursors (credential_id, data_type, continue_from, max_modified_on)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT (credential_id, data_type) DO UPDATE SET
-    continue_from = coalesce(excluded.continue_from, stsync.cursors.continue_from),
-    max_modified_on = greatest(stsync.cursors.max_modified_on, excluded.max_modified_on),
-    updated_at = now();
-
 -- name: reset_cursor
 UPDATE stsync.cursors SET continue_from = NULL, updated_at = now()
 WHERE credential_id = $1 AND data_type = $2;
 
--- name: complete_cursor
-UPDATE stsync.cursors SET full_completed_at = coalesce($3, full_completed_at), updated_at = now()
-WHERE credential_id = $1 AND data_type = $2;
+-- name: start_sync
+-- A sync's row, the cursor it resumes from and whether the tenant has records of the data type yet,
+-- in one round trip (run once its lock is held, so the cursor read is the last one committed).
+-- $6 is the mode: only incremental syncs resume. $10/$11: the tenant's environment and id.
+WITH cursor AS (
+    SELECT continue_from, max_modified_on FROM stsync.cursors
+    WHERE credential_id = $3 AND data_type = $4
+), resume AS (
+    SELECT CASE WHEN $6 = 'incremental' THEN nullif((SELECT continue_from FROM cursor), '') END
+           AS continue_from
+), sync AS (
+    INSERT INTO stsync.sync_log (id, run_id, credential_id, data_type, trigger, mode, retry_of,
+                                 attempt, started_from, instance, heartbeat_at)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8,
+           CASE WHEN continue_from IS NULL THEN 'beginning' ELSE 'token' END, $9, now()
+    FROM resume
+    RETURNING started_at
+)
+SELECT sync.started_at, resume.continue_from,
+       (SELECT max_modified_on FROM cursor) AS max_modified_on,
+       CASE WHEN $4 = 'customers'
+            THEN EXISTS (SELECT 1 FROM servicetitan.customers
+                         WHERE environment = $10 AND tenant_id = $11)
+            ELSE EXISTS (SELECT 1 FROM servicetitan.invoices
+                         WHERE environment = $10 AND tenant_id = $11)
+       END AS has_records
+FROM sync, resume;
 
--- name: insert_sync
-INSERT INTO stsync.sync_log (id, run_id, credential_id, data_type, trigger, mode, retry_of,
-                             attempt, started_from, instance, heartbeat_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
-RETURNING started_at;
-
--- name: sync_page_committed
+-- name: batch_committed
+-- A committed batch's cursor and the sync log's counters, in one round trip.
+WITH cursor AS (
+    INSERT INTO stsync.cursors (credential_id, data_type, continue_from, max_modified_on)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT (credential_id, data_type) DO UPDATE SET
+        continue_from = coalesce(excluded.continue_from, stsync.cursors.continue_from),
+        max_modified_on = greatest(stsync.cursors.max_modified_on, excluded.max_modified_on),
+        updated_at = now()
+)
 UPDATE stsync.sync_log SET
-    records_processed = records_processed + $2,
-    records_successful = records_successful + $3,
-    records_failed = records_failed + $4,
-    pages = pages + $5,
+    records_processed = records_processed + $6,
+    records_successful = records_successful + $7,
+    records_failed = records_failed + $8,
+    pages = pages + $9,
     heartbeat_at = now()
-WHERE id = $1;
+WHERE id = $5;
 
 -- name: finish_sync
--- A sync's end, and for a success the cursor's last_success_at, in one statement.
+-- A sync's end, and for a success the cursor's last_success_at (and, after a pass from the
+-- beginning, $5: when that pass started), in one statement.
 WITH done AS (
     UPDATE stsync.sync_log SET status = $2, error_category = $3, error_message = $4,
         completed_at = now()
@@ -98,7 +114,8 @@ WITH done AS (
     RETURNING credential_id, data_type, status, completed_at, records_processed,
               records_successful, records_failed, pages
 ), success AS (
-    UPDATE stsync.cursors k SET last_success_at = done.completed_at
+    UPDATE stsync.cursors k SET last_success_at = done.completed_at,
+        full_completed_at = coalesce($5, k.full_completed_at)
     FROM done
     WHERE done.status = 'completed'
       AND k.credential_id = done.credential_id AND k.data_type = done.data_type
@@ -128,13 +145,6 @@ INSERT INTO stsync.dead_letters (sync_id, credential_id, environment, tenant_id,
                                  record_id, reason, payload)
 SELECT $1, $2, $3, $4, $5, r.record_id, r.reason, r.payload
 FROM unnest($6::text[], $7::text[], $8::jsonb[]) AS r (record_id, reason, payload);
-
--- name: has_customers
--- Whether a tenant has any customer yet: a first sync of an empty tenant copies straight in.
-SELECT EXISTS (SELECT 1 FROM servicetitan.customers WHERE environment = $1 AND tenant_id = $2);
-
--- name: has_invoices
-SELECT EXISTS (SELECT 1 FROM servicetitan.invoices WHERE environment = $1 AND tenant_id = $2);
 
 -- name: analyze_customers
 ANALYZE servicetitan.customers;

@@ -58,11 +58,13 @@ class _Load:
     `direct`: the tenant had no rows of this data type when a sync from the beginning started, so
     batches are copied straight into the table (what the COPY ceiling does) instead of through the
     stage table and the merge. A batch that meets a row already there (an id exported twice) is
-    rolled back to its savepoint and merged instead, and so is every later batch.
+    rolled back and merged instead, and so is every later batch. `staged`: this sync's connection
+    has its stage table.
     """
 
     direct: bool = False
     direct_records: int = 0
+    staged: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,11 @@ async def sweep_orphans(pool: asyncpg.Pool) -> list[uuid.UUID]:
                     await conn.execute(QUERIES["interrupt_sync"], row["id"])
                     swept.append(row["id"])
             finally:
-                await conn.fetchval(_UNLOCK, name)
+                try:
+                    await conn.fetchval(_UNLOCK, name)
+                except DB_ERRORS:
+                    conn.terminate()  # the pool does not reset sessions: the lock must go with it
+                    raise
     return swept
 
 
@@ -240,15 +246,9 @@ class SyncEngine:
                         f"({credential.environment}, tenant {credential.tenant_id}) "
                         "is already being synced"
                     )
-                cursor = await conn.fetchrow(
-                    QUERIES["select_cursor"], credential.id, request.data_type.value
-                )
-                start = None
-                if request.mode is SyncMode.INCREMENTAL and cursor is not None:
-                    start = cursor["continue_from"]
                 sync_id = request.sync_id or uuid.uuid4()
-                started_at: datetime = await conn.fetchval(
-                    QUERIES["insert_sync"],
+                started = await conn.fetchrow(
+                    QUERIES["start_sync"],
                     sync_id,
                     request.run_id,
                     credential.id,
@@ -257,9 +257,15 @@ class SyncEngine:
                     request.mode.value,
                     request.retry_of,
                     request.attempt,
-                    "token" if start else "beginning",
                     self._instance,
+                    credential.environment.value,
+                    credential.tenant_id,
                 )
+                start: str | None = started["continue_from"]
+                resumed_through: datetime | None = started["max_modified_on"]
+                started_at: datetime = started["started_at"]
+                # A first sync of an empty tenant copies straight into the table.
+                load = _Load(direct=start is None and not started["has_records"])
             except DB_ERRORS as exc:
                 raise DatabaseError(f"cannot start sync: {describe_db_error(exc)}") from None
             control.sync_id = sync_id
@@ -278,7 +284,9 @@ class SyncEngine:
                 trigger=request.trigger,
                 resume=bool(start),
             )
-            await self._run_guarded(conn, request, result, start, cursor, progress, control)
+            await self._run_guarded(
+                conn, request, result, start, resumed_through, load, progress, control
+            )
             return result
         finally:
             # Shielded: a second cancellation during cleanup must not leak the connection (the
@@ -290,8 +298,10 @@ class SyncEngine:
 
     async def _release(self, conn: Any, lock: str | None) -> None:
         if lock is not None and not conn.is_closed():
-            with contextlib.suppress(*DB_ERRORS):
+            try:
                 await conn.fetchval(_UNLOCK, lock)
+            except DB_ERRORS:
+                conn.terminate()  # the pool does not reset sessions: the lock must go with it
         with contextlib.suppress(*DB_ERRORS):
             await self._pool.release(conn)
 
@@ -301,7 +311,8 @@ class SyncEngine:
         request: SyncRequest,
         result: SyncResult,
         start: str | None,
-        cursor: asyncpg.Record | None,
+        resumed_through: datetime | None,
+        load: _Load,
         progress: ProgressCallback | None,
         control: SyncControl,
     ) -> None:
@@ -312,7 +323,7 @@ class SyncEngine:
         cancelled: asyncio.CancelledError | None = None
         try:
             await asyncio.wait_for(
-                self._copy(conn, request, result, start, cursor, progress, clock0),
+                self._copy(conn, request, result, start, resumed_through, load, progress, clock0),
                 timeout=request.timeout_seconds,
             )
         except TimeoutError:
@@ -338,7 +349,9 @@ class SyncEngine:
             category, message = classify(exc)
             if category is ErrorCategory.UNEXPECTED:
                 logger.critical("sync.crashed", exc_info=exc)
-        await self._finish(conn, request, result, status, category, message)
+        # A completed pass from the beginning is what `full_completed_at` records.
+        full_pass = request.mode is SyncMode.FULL or start is None
+        await self._finish(conn, request, result, status, category, message, full_pass)
         control.result = result
         if status is SyncStatus.COMPLETED:
             if request.credential.status is CredentialStatus.ERROR:
@@ -366,9 +379,16 @@ class SyncEngine:
         status: SyncStatus,
         category: ErrorCategory | None,
         message: str | None,
+        full_pass: bool,
     ) -> None:
         result.status, result.error_category, result.error_message = status, category, message
-        args = (result.sync_id, status.value, category.value if category else None, message)
+        args = (
+            result.sync_id,
+            status.value,
+            category.value if category else None,
+            message,
+            result.started_at if full_pass else None,
+        )
         try:
             try:
                 if conn.is_in_transaction():
@@ -414,6 +434,8 @@ class SyncEngine:
             failed=result.records_failed,
             pages=result.pages,
             seconds=round(result.duration_seconds, 3),
+            fetch_seconds=round(result.timings["fetch"], 3),
+            database_seconds=round(result.timings["database"], 3),
             error_category=category,
             error=message,
         )
@@ -424,31 +446,23 @@ class SyncEngine:
         request: SyncRequest,
         result: SyncResult,
         start: str | None,
-        cursor: asyncpg.Record | None,
+        resumed_through: datetime | None,
+        load: _Load,
         progress: ProgressCallback | None,
         clock0: float,
     ) -> None:
         access = await self._credentials.access(request.credential, self._app_key)
         tenant = self._client.tenant(access)
         shape = new_batch(request.data_type).shape
-        await conn.execute(QUERIES[shape.create_stage])
-        credential = request.credential
-        load = _Load(
-            direct=start is None
-            and not await conn.fetchval(
-                QUERIES[f"has_{shape.table}"], credential.environment.value, credential.tenant_id
-            )
-        )
         try:
             await self._drain(conn, tenant, request, result, start, load, progress, clock0)
         except ExportTokenInvalidError:
-            if start is None or cursor is None:
+            if start is None:
                 raise
             # The stored token expired: restart by date, a little before what we committed.
-            restart_at = cursor["max_modified_on"]
             restart = (
-                (restart_at - RESTART_LOOKBACK).strftime("%Y-%m-%dT%H:%M:%SZ")
-                if restart_at
+                (resumed_through - RESTART_LOOKBACK).strftime("%Y-%m-%dT%H:%M:%SZ")
+                if resumed_through
                 else None
             )
             log_event(
@@ -464,13 +478,6 @@ class SyncEngine:
         if load.direct_records >= _ANALYZE_AFTER_RECORDS:
             # The planner has never seen these rows; later merges and status queries need it to.
             await conn.execute(QUERIES[f"analyze_{shape.table}"])
-        if request.mode is SyncMode.FULL or start is None:
-            await conn.execute(
-                QUERIES["complete_cursor"],
-                request.credential.id,
-                request.data_type.value,
-                result.started_at,
-            )
 
     async def _drain(
         self,
@@ -554,19 +561,44 @@ class SyncEngine:
         batch: Batch,
         load: _Load,
     ) -> None:
+        clock = time.perf_counter()
+        written = False
+        if batch.rows and load.direct:
+            try:
+                await self._write(conn, request, result, batch, direct=True)
+                written = True
+                load.direct_records += len(batch.rows)
+            except asyncpg.UniqueViolationError:
+                load.direct = False
+        if not written:
+            if batch.rows and not load.staged:
+                await conn.execute(QUERIES[batch.shape.create_stage])
+                load.staged = True
+            await self._write(conn, request, result, batch, direct=False)
+        result.timings["database"] += time.perf_counter() - clock
+        failed = len(batch.rejected)
+        result.records_processed += batch.processed
+        result.records_successful += batch.processed - failed
+        result.records_failed += failed
+        result.pages += batch.pages
+
+    async def _write(
+        self,
+        conn: asyncpg.Connection,
+        request: SyncRequest,
+        result: SyncResult,
+        batch: Batch,
+        *,
+        direct: bool,
+    ) -> None:
+        """One transaction: the batch's records, its dead letters, the cursor and the counters."""
         credential = request.credential
         shape = batch.shape
         failed = len(batch.rejected)
-        clock = time.perf_counter()
         async with conn.transaction():
-            if batch.rows and load.direct:
-                try:
-                    async with conn.transaction():
-                        await self._copy_direct(conn, request, batch)
-                    load.direct_records += len(batch.rows)
-                except asyncpg.UniqueViolationError:
-                    load.direct = False
-            if batch.rows and not load.direct:
+            if batch.rows and direct:
+                await self._copy_direct(conn, request, batch)
+            elif batch.rows:
                 await conn.copy_records_to_table(
                     shape.stage_table, records=batch.rows.values(), columns=shape.columns
                 )
@@ -586,25 +618,17 @@ class SyncEngine:
                     [r.payload for r in batch.rejected],
                 )
             await conn.execute(
-                QUERIES["upsert_cursor"],
+                QUERIES["batch_committed"],
                 credential.id,
                 request.data_type.value,
                 batch.continue_from,
                 batch.max_modified,
-            )
-            await conn.execute(
-                QUERIES["sync_page_committed"],
                 result.sync_id,
                 batch.processed,
                 batch.processed - failed,
                 failed,
                 batch.pages,
             )
-        result.timings["database"] += time.perf_counter() - clock
-        result.records_processed += batch.processed
-        result.records_successful += batch.processed - failed
-        result.records_failed += failed
-        result.pages += batch.pages
 
     async def _copy_direct(
         self, conn: asyncpg.Connection, request: SyncRequest, batch: Batch

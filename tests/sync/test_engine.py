@@ -314,3 +314,42 @@ async def test_a_malformed_record_is_dead_lettered_and_the_sync_completes(rig: R
     )
     async with rig.pool.acquire() as conn:
         assert await db_truth(conn, DataType.INVOICES, PROD, 102) == (199, expected)
+
+
+async def test_no_advisory_lock_outlives_its_sync(rig: Rig) -> None:
+    """The pool releases connections without a reset query: each sync must unlock by itself."""
+    held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+    cred = await rig.add(102)
+    await rig.sync(cred, DataType.CUSTOMERS)
+    rig.sandbox.set_faults(FaultRule(tenant_id=102, latency_ms=500))
+    slow = asyncio.create_task(rig.engine.synchronize(SyncRequest(cred, DataType.INVOICES)))
+    await asyncio.sleep(0.3)
+    assert await rig.pool.fetchval(held) == 1
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    rig.sandbox.set_faults()
+    rig.sandbox.revoke(cred.client_id)
+    failed = await rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS))
+    assert failed.status is SyncStatus.FAILED
+    assert await rig.pool.fetchval(held) == 0
+
+
+async def test_first_load_meeting_a_record_twice_merges_it_once(rig: Rig) -> None:
+    """A record changed during a first load comes again later: its batch falls back to the merge."""
+    cred = await rig.add(101)
+    rig.sandbox.set_faults(FaultRule(tenant_id=101, latency_ms=60))
+    sync = asyncio.create_task(rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS)))
+    stored = "SELECT count(*) FROM servicetitan.customers WHERE tenant_id = 101"
+    for _ in range(200):
+        if await rig.pool.fetchval(stored):
+            break
+        await asyncio.sleep(0.02)
+    first = await rig.pool.fetchval(
+        "SELECT min(id) FROM servicetitan.customers WHERE tenant_id = 101"
+    )
+    rig.sandbox.state.tenant(101, PROD).datasets[DataType.CUSTOMERS].touch(first)
+    result = await sync
+    assert result.status is SyncStatus.COMPLETED, result.error_message
+    assert result.records_processed == 1201  # the touched record was exported twice
+    await rig.assert_equal_truth(101, DataType.CUSTOMERS)
