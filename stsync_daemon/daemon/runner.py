@@ -154,6 +154,8 @@ class Runner:
         self._owned: dict[uuid.UUID, Run] = {}
         self._local: dict[tuple[uuid.UUID, uuid.UUID, str], LocalSync] = {}
         self._wakeup = asyncio.Event()
+        self._freed: set[uuid.UUID] = set()  # runs with a slot freed since the last claim round
+        self._limits: dict[uuid.UUID, tuple[int, float]] = {}  # run -> max_concurrent, timeout
         self._accepting = True
         self._claiming = True
         self.schedule_views: Callable[[], list[ScheduleView]] | None = None
@@ -427,7 +429,6 @@ class Runner:
             started_at=started_at,
         )
         self._owned[run_id] = run
-        run.task = asyncio.create_task(self._supervise(run), name=f"stsync-run-{run_id}")
         log_event(
             logger,
             logging.INFO,
@@ -441,8 +442,11 @@ class Runner:
             skipped=len(skipped),
             max_concurrent=concurrency,
         )
-        self.wake()
         await self._announce("work")
+        # Nothing of the run happens before the caller gets it back (no await from here on), so a
+        # subscriber that subscribes at once sees every event, even of a run that ends at once.
+        run.task = asyncio.create_task(self._supervise(run), name=f"stsync-run-{run_id}")
+        self.wake()
         return run
 
     async def _announce(self, payload: str) -> None:
@@ -513,22 +517,30 @@ class Runner:
                 await asyncio.sleep(_POLL_SECONDS)
 
     async def _claim_round(self) -> None:
+        freed, self._freed = self._freed, set()
+        if freed and freed <= self._limits.keys():
+            # Slots of runs already listed just freed: refill them without listing runs again.
+            for run_id in freed:
+                await self._claim(run_id, *self._limits[run_id])
+            return
+        self._limits = {}
         for row in await self._pool.fetch(QUERIES["runs_with_pending_items"]):
-            run_id: uuid.UUID = row["id"]
-            in_flight = sum(1 for key in self._local if key[0] == run_id)
-            free = row["max_concurrent"] - in_flight
-            if free <= 0 or not self._claiming:
-                continue
-            for item in await self._pool.fetch(
-                QUERIES["claim_items"], run_id, self._instance, free
-            ):
-                key = (run_id, item["credential_id"], item["data_type"])
-                local = LocalSync(run_id, item["sync_id"], SyncControl())
-                self._local[key] = local
-                local.task = asyncio.create_task(
-                    self._run_item(run_id, row["timeout_seconds"], item, local),
-                    name=f"stsync-sync-{item['sync_id']}",
-                )
+            self._limits[row["id"]] = (row["max_concurrent"], row["timeout_seconds"])
+            await self._claim(row["id"], row["max_concurrent"], row["timeout_seconds"])
+
+    async def _claim(self, run_id: uuid.UUID, max_concurrent: int, limit_seconds: float) -> None:
+        in_flight = sum(1 for key in self._local if key[0] == run_id)
+        free = max_concurrent - in_flight
+        if free <= 0 or not self._claiming:
+            return
+        for item in await self._pool.fetch(QUERIES["claim_items"], run_id, self._instance, free):
+            key = (run_id, item["credential_id"], item["data_type"])
+            local = LocalSync(run_id, item["sync_id"], SyncControl())
+            self._local[key] = local
+            local.task = asyncio.create_task(
+                self._run_item(run_id, limit_seconds, item, local),
+                name=f"stsync-sync-{item['sync_id']}",
+            )
 
     async def _run_item(
         self, run_id: uuid.UUID, limit_seconds: float, item: asyncpg.Record, local: LocalSync
@@ -541,7 +553,7 @@ class Runner:
         started = False
         result: SyncResult | None = None
         try:
-            credential = await self._credentials.get(item["credential_id"])
+            credential = Credential.from_row(item)
             env = credential.environment
             request = SyncRequest(
                 credential=credential,
@@ -586,6 +598,7 @@ class Runner:
             outcome = f"unexpected: {type(exc).__name__}: {exc}"
         finally:
             self._local.pop(key, None)
+            self._freed.add(run_id)
             self.wake()  # the slot is free: claim the next item while this one is booked
             if started and env is not None:
                 self._record(result or local.control.result, env, data_type)

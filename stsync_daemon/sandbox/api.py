@@ -388,8 +388,11 @@ def api_handler(data_type: DataType, export: bool) -> Handler:
             return await _drop_mid_body(request, body)
         response = web.Response(body=body, content_type="application/json")
         if next_key is not None and state.cache.max_bytes:
-            await response.prepare(request)
-            await response.write_eof()
+            try:
+                await response.prepare(request)
+                await response.write_eof()
+            except ConnectionResetError:
+                return response  # the client went away (a sync cancelled mid-request)
             include_recent = request.query.get("includeRecentChanges", "").lower() == "true"
             task = asyncio.create_task(prefetch(state, dataset, next_key, include_recent))
             state.background.add(task)

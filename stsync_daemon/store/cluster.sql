@@ -52,14 +52,22 @@ WHERE r.status = 'running'
 ORDER BY r.started_at;
 
 -- name: claim_items
+-- Up to $3 pending items of a run, each with its credential as `select_credential` reads it (items
+-- go with their credential: ON DELETE CASCADE).
 UPDATE stsync.run_items AS t
 SET status = 'claimed', claimed_by = $2, claimed_at = now(), sync_id = gen_random_uuid()
 FROM (SELECT run_id, credential_id, data_type FROM stsync.run_items
       WHERE run_id = $1 AND status = 'pending'
+        AND EXISTS (SELECT 1 FROM stsync.runs r WHERE r.id = $1 AND r.status = 'running')
       ORDER BY position LIMIT $3
-      FOR UPDATE SKIP LOCKED) AS c
+      FOR UPDATE SKIP LOCKED) AS c,
+     stsync.credentials k JOIN stsync.companies co ON co.id = k.company_id
 WHERE t.run_id = c.run_id AND t.credential_id = c.credential_id AND t.data_type = c.data_type
-RETURNING t.credential_id, t.data_type, t.mode, t.trigger, t.retry_of, t.attempt, t.sync_id;
+  AND k.id = t.credential_id
+RETURNING t.credential_id, t.data_type, t.mode, t.trigger, t.retry_of, t.attempt, t.sync_id,
+          k.id, k.company_id, co.name AS company_name, k.environment, k.tenant_id, k.client_id,
+          k.status, k.last_error, k.last_error_at, k.schedule_enabled,
+          k.app_key_encrypted IS NOT NULL AS has_app_key, k.created_at, k.updated_at;
 
 -- name: finish_item
 UPDATE stsync.run_items SET status = 'done', finished_at = now(), outcome = $4

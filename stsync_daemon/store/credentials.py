@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 from pydantic import SecretStr
@@ -122,10 +124,10 @@ class CredentialStore:
         return [Credential.from_row(r) for r in rows]
 
     async def get(self, credential_id: uuid.UUID) -> Credential:
-        found = await self.list(credential_id=credential_id)
-        if not found:
+        row = await self._pool.fetchrow(QUERIES["select_credential"], credential_id)
+        if row is None:
             raise NotFoundError(f"no credential with id {credential_id}")
-        return found[0]
+        return Credential.from_row(row)
 
     async def update(
         self,
@@ -181,12 +183,20 @@ class CredentialStore:
         return counts
 
     async def access(
-        self, credential: Credential, default_app_key: SecretStr | None
+        self,
+        credential: Credential,
+        default_app_key: SecretStr | None,
+        secrets: Mapping[str, Any] | None = None,
     ) -> CredentialAccess:
-        """Decrypt what the ServiceTitan client needs for one credential."""
+        """Decrypt what the ServiceTitan client needs for one credential.
+
+        `secrets`: its encrypted columns when the caller has read them already.
+        """
         cipher = self._require_cipher()
-        row = await self._pool.fetchrow(QUERIES["select_credential_secrets"], credential.id)
-        if row is None:
+        row = secrets or await self._pool.fetchrow(
+            QUERIES["select_credential_secrets"], credential.id
+        )
+        if row is None or row["client_secret_encrypted"] is None:
             raise NotFoundError(f"no credential with id {credential.id}")
         app_key = (
             cipher.decrypt(row["app_key_encrypted"])

@@ -21,6 +21,13 @@ WHERE ($1::text IS NULL OR c.environment = $1)
   AND ($3::uuid IS NULL OR c.id = $3)
 ORDER BY co.name, c.company_id, c.environment, c.tenant_id;
 
+-- name: select_credential
+SELECT c.id, c.company_id, co.name AS company_name, c.environment, c.tenant_id, c.client_id,
+       c.status, c.last_error, c.last_error_at, c.schedule_enabled,
+       c.app_key_encrypted IS NOT NULL AS has_app_key, c.created_at, c.updated_at
+FROM stsync.credentials c JOIN stsync.companies co ON co.id = c.company_id
+WHERE c.id = $1;
+
 -- name: select_credential_secrets
 SELECT client_secret_encrypted, app_key_encrypted FROM stsync.credentials WHERE id = $1;
 
@@ -59,9 +66,10 @@ UPDATE stsync.cursors SET continue_from = NULL, updated_at = now()
 WHERE credential_id = $1 AND data_type = $2;
 
 -- name: start_sync
--- A sync's row, the cursor it resumes from and whether the tenant has records of the data type yet,
--- in one round trip (run once its lock is held, so the cursor read is the last one committed).
--- $6 is the mode: only incremental syncs resume. $10/$11: the tenant's environment and id.
+-- A sync's row, the cursor it resumes from, whether the tenant has records of the data type yet and
+-- the credential's encrypted secrets, in one round trip (run once its lock is held, so the cursor
+-- read is the last one committed). $6 is the mode: only incremental syncs resume. $10/$11: the
+-- tenant's environment and id.
 WITH cursor AS (
     SELECT continue_from, max_modified_on FROM stsync.cursors
     WHERE credential_id = $3 AND data_type = $4
@@ -83,8 +91,10 @@ SELECT sync.started_at, resume.continue_from,
                          WHERE environment = $10 AND tenant_id = $11)
             ELSE EXISTS (SELECT 1 FROM servicetitan.invoices
                          WHERE environment = $10 AND tenant_id = $11)
-       END AS has_records
-FROM sync, resume;
+       END AS has_records,
+       k.client_secret_encrypted, k.app_key_encrypted
+FROM sync, resume, stsync.credentials k
+WHERE k.id = $3;
 
 -- name: batch_committed
 -- A committed batch's cursor and the sync log's counters, in one round trip.

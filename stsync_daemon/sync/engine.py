@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -49,6 +49,16 @@ _ANALYZE_AFTER_RECORDS = 50_000
 
 class SyncAlreadyRunning(ConflictError):
     """Another sync of the same (environment, tenant, data type) holds the lock."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Where a sync starts, read by its start statement."""
+
+    start: str | None  # a continuation token, or None: from the beginning
+    resumed_through: datetime | None  # the cursor's last committed modifiedOn, for a restart
+    secrets: Mapping[str, Any]  # the credential's encrypted columns
+    load: _Load
 
 
 @dataclass
@@ -262,10 +272,14 @@ class SyncEngine:
                     credential.tenant_id,
                 )
                 start: str | None = started["continue_from"]
-                resumed_through: datetime | None = started["max_modified_on"]
                 started_at: datetime = started["started_at"]
-                # A first sync of an empty tenant copies straight into the table.
-                load = _Load(direct=start is None and not started["has_records"])
+                plan = _Plan(
+                    start,
+                    started["max_modified_on"],
+                    started,
+                    # A first sync of an empty tenant copies straight into the table.
+                    _Load(direct=start is None and not started["has_records"]),
+                )
             except DB_ERRORS as exc:
                 raise DatabaseError(f"cannot start sync: {describe_db_error(exc)}") from None
             control.sync_id = sync_id
@@ -284,9 +298,7 @@ class SyncEngine:
                 trigger=request.trigger,
                 resume=bool(start),
             )
-            await self._run_guarded(
-                conn, request, result, start, resumed_through, load, progress, control
-            )
+            await self._run_guarded(conn, request, result, plan, progress, control)
             return result
         finally:
             # Shielded: a second cancellation during cleanup must not leak the connection (the
@@ -310,9 +322,7 @@ class SyncEngine:
         conn: asyncpg.Connection,
         request: SyncRequest,
         result: SyncResult,
-        start: str | None,
-        resumed_through: datetime | None,
-        load: _Load,
+        plan: _Plan,
         progress: ProgressCallback | None,
         control: SyncControl,
     ) -> None:
@@ -323,7 +333,7 @@ class SyncEngine:
         cancelled: asyncio.CancelledError | None = None
         try:
             await asyncio.wait_for(
-                self._copy(conn, request, result, start, resumed_through, load, progress, clock0),
+                self._copy(conn, request, result, plan, progress, clock0),
                 timeout=request.timeout_seconds,
             )
         except TimeoutError:
@@ -350,7 +360,7 @@ class SyncEngine:
             if category is ErrorCategory.UNEXPECTED:
                 logger.critical("sync.crashed", exc_info=exc)
         # A completed pass from the beginning is what `full_completed_at` records.
-        full_pass = request.mode is SyncMode.FULL or start is None
+        full_pass = request.mode is SyncMode.FULL or plan.start is None
         await self._finish(conn, request, result, status, category, message, full_pass)
         control.result = result
         if status is SyncStatus.COMPLETED:
@@ -445,24 +455,23 @@ class SyncEngine:
         conn: asyncpg.Connection,
         request: SyncRequest,
         result: SyncResult,
-        start: str | None,
-        resumed_through: datetime | None,
-        load: _Load,
+        plan: _Plan,
         progress: ProgressCallback | None,
         clock0: float,
     ) -> None:
-        access = await self._credentials.access(request.credential, self._app_key)
+        access = await self._credentials.access(request.credential, self._app_key, plan.secrets)
+        load = plan.load
         tenant = self._client.tenant(access)
         shape = new_batch(request.data_type).shape
         try:
-            await self._drain(conn, tenant, request, result, start, load, progress, clock0)
+            await self._drain(conn, tenant, request, result, plan.start, load, progress, clock0)
         except ExportTokenInvalidError:
-            if start is None:
+            if plan.start is None:
                 raise
             # The stored token expired: restart by date, a little before what we committed.
             restart = (
-                (resumed_through - RESTART_LOOKBACK).strftime("%Y-%m-%dT%H:%M:%SZ")
-                if resumed_through
+                (plan.resumed_through - RESTART_LOOKBACK).strftime("%Y-%m-%dT%H:%M:%SZ")
+                if plan.resumed_through
                 else None
             )
             log_event(
@@ -524,6 +533,7 @@ class SyncEngine:
             await queue.put(None)
 
         producer = asyncio.create_task(produce(), name="stsync-export-prefetch")
+        getter: asyncio.Future[ExportPage | None] | None = None
         try:
             batch = new_batch(data_type)
             while True:
@@ -548,6 +558,8 @@ class SyncEngine:
             if batch.pages:
                 yield batch
         finally:
+            if getter is not None:
+                getter.cancel()  # a timeout or a cancel can land while it waits
             if not producer.done():
                 producer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

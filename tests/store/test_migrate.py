@@ -28,3 +28,16 @@ async def test_empty_database_has_version_zero(empty_database_dsn: str) -> None:
         assert await current_version(conn) == 0
     finally:
         await conn.close()
+
+
+async def test_payloads_are_compressed_with_lz4(database_dsn: str) -> None:
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        methods = await conn.fetch(
+            "SELECT attrelid::regclass::text AS t, attcompression::text FROM pg_attribute "
+            "WHERE attname = 'payload' AND attrelid IN "
+            "('servicetitan.customers'::regclass, 'servicetitan.invoices'::regclass)"
+        )
+    finally:
+        await conn.close()
+    assert {r["attcompression"] for r in methods} == {"l"}, methods
