@@ -43,6 +43,8 @@ _PREFETCH_PAGES = 2
 # A batch is committed at this many bytes of JSON even below `commit_batch_records`, so that
 # memory stays flat whatever the record size.
 _BATCH_BYTES = 8 * 1024 * 1024
+# How long the writer waits for the next page before it writes the pages it has.
+_IDLE_WRITE_SECONDS = 0.05
 # A first load this large leaves statistics worth refreshing before the next sync plans its merge.
 _ANALYZE_AFTER_RECORDS = 50_000
 
@@ -537,15 +539,27 @@ class SyncEngine:
         try:
             batch = new_batch(data_type)
             while True:
-                getter = asyncio.ensure_future(queue.get())
+                if getter is None:
+                    getter = asyncio.ensure_future(queue.get())
+                waiting: set[asyncio.Future[Any]] = {getter, producer}
                 done, _ = await asyncio.wait(
-                    {getter, producer}, return_when=asyncio.FIRST_COMPLETED
+                    waiting,
+                    timeout=_IDLE_WRITE_SECONDS if batch.pages else None,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
+                if not done:
+                    # The API is slower than the writer: write what is here while the next page
+                    # downloads, rather than all of it after the last one.
+                    yield batch
+                    batch = new_batch(data_type)
+                    continue
                 if getter not in done:
                     getter.cancel()
+                    getter = None
                     producer.result()  # raises the export's error
                     continue
                 page = getter.result()
+                getter = None
                 if page is None:
                     break
                 clock = time.perf_counter()

@@ -353,3 +353,18 @@ async def test_first_load_meeting_a_record_twice_merges_it_once(rig: Rig) -> Non
     assert result.status is SyncStatus.COMPLETED, result.error_message
     assert result.records_processed == 1201  # the touched record was exported twice
     await rig.assert_equal_truth(101, DataType.CUSTOMERS)
+
+
+async def test_a_slow_api_gets_each_page_written_while_the_next_downloads(rig: Rig) -> None:
+    """Progress is committed (and resumable) as pages arrive, not only when a batch fills."""
+    cred = await rig.add(102)
+    rig.sandbox.set_faults(FaultRule(tenant_id=102, latency_ms=400))
+    sync = asyncio.create_task(rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS)))
+    await asyncio.sleep(0.65)  # page 1 (100 records) arrived at 0.4 s, page 2 is on its way
+    stored = await rig.pool.fetchval(
+        "SELECT count(*) FROM servicetitan.customers WHERE tenant_id = 102"
+    )
+    assert stored == 100 and not sync.done()
+    result = await sync
+    assert result.status is SyncStatus.COMPLETED and result.records_processed == 300
+    await rig.assert_equal_truth(102, DataType.CUSTOMERS)
