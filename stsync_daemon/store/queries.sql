@@ -61,10 +61,6 @@ DELETE FROM stsync.credentials WHERE id = $1 RETURNING id;
 -- name: count_credentials_by_status
 SELECT status, count(*) AS n FROM stsync.credentials GROUP BY status;
 
--- name: reset_cursor
-UPDATE stsync.cursors SET continue_from = NULL, updated_at = now()
-WHERE credential_id = $1 AND data_type = $2;
-
 -- name: start_sync
 -- A sync's row, the cursor it resumes from, whether the tenant has records of the data type yet and
 -- the credential's encrypted secrets, in one round trip (run once its lock is held, so the cursor
@@ -131,13 +127,6 @@ WITH done AS (
       AND k.credential_id = done.credential_id AND k.data_type = done.data_type
 )
 SELECT completed_at, records_processed, records_successful, records_failed, pages FROM done;
-
--- name: select_sync
-SELECT s.*, c.company_id, co.name AS company_name, c.environment, c.tenant_id
-FROM stsync.sync_log s
-JOIN stsync.credentials c ON c.id = s.credential_id
-JOIN stsync.companies co ON co.id = c.company_id
-WHERE s.id = $1;
 
 -- name: running_syncs
 SELECT s.id, c.environment, c.tenant_id, s.data_type

@@ -184,12 +184,20 @@ async def sweep_orphans(pool: asyncpg.Pool) -> list[uuid.UUID]:
                     await conn.execute(QUERIES["interrupt_sync"], row["id"])
                     swept.append(row["id"])
             finally:
-                try:
-                    await conn.fetchval(_UNLOCK, name)
-                except DB_ERRORS:
-                    conn.terminate()  # the pool does not reset sessions: the lock must go with it
-                    raise
+                await _unlock(conn, name)
     return swept
+
+
+async def _unlock(conn: Any, name: str) -> None:
+    """Release a sync lock; a connection that cannot is terminated, and the lock goes with it.
+
+    The pool hands connections on without resetting their sessions, so a held lock must not go back.
+    """
+    try:
+        await conn.fetchval(_UNLOCK, name)
+    except DB_ERRORS:
+        conn.terminate()
+        raise
 
 
 def classify(exc: BaseException) -> tuple[ErrorCategory, str]:
@@ -312,10 +320,8 @@ class SyncEngine:
 
     async def _release(self, conn: Any, lock: str | None) -> None:
         if lock is not None and not conn.is_closed():
-            try:
-                await conn.fetchval(_UNLOCK, lock)
-            except DB_ERRORS:
-                conn.terminate()  # the pool does not reset sessions: the lock must go with it
+            with contextlib.suppress(*DB_ERRORS):
+                await _unlock(conn, lock)
         with contextlib.suppress(*DB_ERRORS):
             await self._pool.release(conn)
 
