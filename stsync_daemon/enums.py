@@ -74,6 +74,7 @@ class ErrorCategory(StrEnum):
     NETWORK = "network"
     DATABASE = "database"
     VALIDATION = "validation"
+    CONFIGURATION = "configuration"  # the daemon's own setup (secrets key, app key), not a tenant's
     UNEXPECTED = "unexpected"
 
 
