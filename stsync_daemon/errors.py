@@ -15,12 +15,6 @@ class StsyncError(Exception):
     transient: bool = False
 
 
-class ConfigError(StsyncError):
-    """The configuration is invalid; the message names the key and the problem."""
-
-    category = ErrorCategory.VALIDATION
-
-
 class TransientError(StsyncError):
     """Worth retrying later: the same call may succeed."""
 
@@ -29,6 +23,20 @@ class TransientError(StsyncError):
 
 class PermanentError(StsyncError):
     """Retrying the same call will fail the same way until someone fixes something."""
+
+
+class ConfigurationError(PermanentError):
+    """The daemon's own setup is wrong, not one tenant's: no credential is to blame for it.
+
+    `subject` names what to fix (a stable key: health reports one problem per subject).
+    """
+
+    category = ErrorCategory.CONFIGURATION
+    subject: str = "configuration"
+
+
+class ConfigError(ConfigurationError):
+    """The configuration is invalid; the message names the key and the problem."""
 
 
 class InvalidCredentialsError(PermanentError):
@@ -86,10 +94,16 @@ class ValidationFailure(PermanentError):
     category = ErrorCategory.VALIDATION
 
 
-class SecretsError(PermanentError):
+class SecretsError(ConfigurationError):
     """The secrets key is missing or does not decrypt a stored secret."""
 
-    category = ErrorCategory.AUTH
+    subject = "secrets_key"
+
+
+class AppKeyError(ConfigurationError):
+    """ServiceTitan refuses the app key the daemon is configured with (or none is configured)."""
+
+    subject = "app_key"
 
 
 class NotFoundError(PermanentError):

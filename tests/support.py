@@ -1,16 +1,25 @@
-"""Helpers shared by integration tests: settings aimed at a sandbox, and the database's truth."""
+"""Helpers shared by integration tests: settings aimed at a sandbox, the database's truth, and an
+engine rig."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from pydantic import SecretStr
 
 from stsync_daemon.config import Settings
 from stsync_daemon.enums import DataType, Environment
-from stsync_daemon.sandbox import Sandbox, TenantSpec, truth_digest
-from stsync_daemon.store.crypto import generate_key
+from stsync_daemon.sandbox import Sandbox, SandboxConfig, TenantSpec, truth_digest
+from stsync_daemon.servicetitan import ServiceTitanClient
+from stsync_daemon.store.credentials import Credential, CredentialStore, NewCredential
+from stsync_daemon.store.crypto import SecretCipher, generate_key
+from stsync_daemon.store.db import create_pool
+from stsync_daemon.sync.engine import SyncEngine, SyncRequest, SyncResult
 
 APP_KEY = "ak1.sandbox"
 
@@ -95,3 +104,87 @@ def credential_body(spec: TenantSpec, company_id: str | None = None) -> dict[str
         "client_id": spec.client_id,
         "client_secret": spec.client_secret,
     }
+
+
+@dataclass
+class Rig:
+    """The sync engine wired to a sandbox and a real PostgreSQL, as the daemon wires it."""
+
+    sandbox: Sandbox
+    pool: asyncpg.Pool
+    store: CredentialStore
+    engine: SyncEngine
+    client: ServiceTitanClient
+    problems: dict[str, str]
+
+    async def add(
+        self, tenant_id: int, env: Environment = Environment.PRODUCTION, secret: str | None = None
+    ) -> Credential:
+        return await self.store.add(
+            NewCredential(
+                company_id=f"co{tenant_id}",
+                company_name=f"Company {tenant_id}",
+                environment=env,
+                tenant_id=tenant_id,
+                client_id=f"cid.{env.value}.{tenant_id}",
+                client_secret=SecretStr(secret or f"cs.secret.{tenant_id}"),
+            )
+        )
+
+    async def sync(self, credential: Credential, data_type: DataType, **kw: Any) -> SyncResult:
+        return await self.engine.synchronize(SyncRequest(credential, data_type, **kw))
+
+    async def assert_equal_truth(
+        self, tenant_id: int, data_type: DataType, env: Environment = Environment.PRODUCTION
+    ) -> None:
+        truth = self.sandbox.truth(tenant_id, env, data_type)
+        async with self.pool.acquire() as conn:
+            count, digest = await db_truth(conn, data_type, env, tenant_id)
+        assert (count, digest) == (truth.count, truth.digest)
+
+
+@contextlib.asynccontextmanager
+async def engine_rig(
+    config: SandboxConfig,
+    dsn: str,
+    directory: Path,
+    *,
+    pool_max_size: int = 6,
+    **sections: Any,
+) -> AsyncIterator[Rig]:
+    """A sandbox, a pool, a credential store and an engine that batches 250 records."""
+    async with Sandbox(config) as sandbox:
+        settings = settings_for(
+            sandbox,
+            dsn,
+            write_key(directory),
+            servicetitan={"max_retry_seconds": 20},
+            sync={"commit_batch_records": 250},
+            **sections,
+        )
+        pool = await create_pool(dsn, min_size=1, max_size=pool_max_size)
+        client = ServiceTitanClient(settings.servicetitan)
+        await client.__aenter__()
+        store = CredentialStore(pool, SecretCipher.from_file(settings.secrets.key_file))
+        problems: dict[str, str] = {}
+
+        def report(subject: str, message: str | None) -> None:
+            if message is None:
+                problems.pop(subject, None)
+            else:
+                problems[subject] = message
+
+        engine = SyncEngine(
+            pool,
+            client,
+            store,
+            app_key=settings.servicetitan.resolve_app_key(),
+            commit_batch_records=250,
+            instance="test",
+            problems=report,
+        )
+        try:
+            yield Rig(sandbox, pool, store, engine, client, problems)
+        finally:
+            await client.close()
+            await pool.close()

@@ -12,7 +12,7 @@ import asyncpg
 from pydantic import SecretStr
 
 from ..enums import CredentialStatus, Environment
-from ..errors import ConflictError, NotFoundError, SecretsError
+from ..errors import AppKeyError, ConflictError, NotFoundError, SecretsError
 from ..servicetitan import CredentialAccess
 from .crypto import SecretCipher
 from .sql import QUERIES
@@ -167,10 +167,6 @@ class CredentialStore:
         if found is None:
             raise NotFoundError(f"no credential with id {credential_id}")
 
-    async def mark_ok(self, credential_id: uuid.UUID) -> None:
-        """A sync succeeded: a credential in `error` is evidently fixed."""
-        await self._pool.execute(QUERIES["mark_credential_ok"], credential_id)
-
     async def remove(self, credential_id: uuid.UUID) -> None:
         found = await self._pool.fetchval(QUERIES["delete_credential"], credential_id)
         if found is None:
@@ -204,7 +200,7 @@ class CredentialStore:
             else default_app_key
         )
         if app_key is None:
-            raise SecretsError(
+            raise AppKeyError(
                 "no ServiceTitan app key: set [servicetitan] app_key or app_key_file, "
                 "or give the credential its own with --app-key-file"
             )

@@ -51,10 +51,6 @@ UPDATE stsync.credentials SET status = $2, last_error = $3,
 WHERE id = $1
 RETURNING id;
 
--- name: mark_credential_ok
-UPDATE stsync.credentials SET status = 'active', updated_at = now()
-WHERE id = $1 AND status = 'error';
-
 -- name: delete_credential
 DELETE FROM stsync.credentials WHERE id = $1 RETURNING id;
 
@@ -67,7 +63,7 @@ SELECT status, count(*) AS n FROM stsync.credentials GROUP BY status;
 -- read is the last one committed). $6 is the mode: only incremental syncs resume. $10/$11: the
 -- tenant's environment and id.
 WITH cursor AS (
-    SELECT continue_from, max_modified_on FROM stsync.cursors
+    SELECT continue_from, max_modified_on, safe_through FROM stsync.cursors
     WHERE credential_id = $3 AND data_type = $4
 ), resume AS (
     SELECT CASE WHEN $6 = 'incremental' THEN nullif((SELECT continue_from FROM cursor), '') END
@@ -82,6 +78,10 @@ WITH cursor AS (
 )
 SELECT sync.started_at, resume.continue_from,
        (SELECT max_modified_on FROM cursor) AS max_modified_on,
+       (SELECT safe_through FROM cursor) AS safe_through,
+       EXISTS (SELECT 1 FROM stsync.dead_letters d
+               WHERE d.credential_id = $3 AND d.data_type = $4 AND d.resolved_at IS NULL)
+           AS open_dead_letters,
        CASE WHEN $4 = 'customers'
             THEN EXISTS (SELECT 1 FROM servicetitan.customers
                          WHERE environment = $10 AND tenant_id = $11)
@@ -93,10 +93,11 @@ FROM sync, resume, stsync.credentials k
 WHERE k.id = $3;
 
 -- name: batch_committed
--- A committed batch's cursor and the sync log's counters, in one round trip.
+-- A committed batch's cursor and the sync log's counters, in one round trip. A modifiedOn in the
+-- future (clock skew, bad data) never moves the high-water mark past now.
 WITH cursor AS (
     INSERT INTO stsync.cursors (credential_id, data_type, continue_from, max_modified_on)
-    VALUES ($1, $2, $3, $4)
+    VALUES ($1, $2, $3, least($4::timestamptz, now()))
     ON CONFLICT (credential_id, data_type) DO UPDATE SET
         continue_from = coalesce(excluded.continue_from, stsync.cursors.continue_from),
         max_modified_on = greatest(stsync.cursors.max_modified_on, excluded.max_modified_on),
@@ -111,20 +112,34 @@ UPDATE stsync.sync_log SET
 WHERE id = $5;
 
 -- name: finish_sync
--- A sync's end, and for a success the cursor's last_success_at (and, after a pass from the
--- beginning, $5: when that pass started), in one statement.
+-- A sync's end, in one statement on the sync's own connection: its log row; for a success the
+-- cursor's last_success_at, its restart-by-date point (the high-water mark, never past the start of
+-- the pass) and, after a pass from the beginning ($5: when it started), full_completed_at; and the
+-- credential's status: $6 'ok' clears an error, 'error' records a tenant's rejection ($4 says why;
+-- a disabled credential stays disabled).
 WITH done AS (
     UPDATE stsync.sync_log SET status = $2, error_category = $3, error_message = $4,
         completed_at = now()
     WHERE id = $1 AND status = 'running'
-    RETURNING credential_id, data_type, status, completed_at, records_processed,
+    RETURNING credential_id, data_type, status, started_at, completed_at, records_processed,
               records_successful, records_failed, pages
 ), success AS (
     UPDATE stsync.cursors k SET last_success_at = done.completed_at,
-        full_completed_at = coalesce($5, k.full_completed_at)
+        full_completed_at = coalesce($5, k.full_completed_at),
+        safe_through = least(k.max_modified_on, done.started_at)
     FROM done
     WHERE done.status = 'completed'
       AND k.credential_id = done.credential_id AND k.data_type = done.data_type
+), credential AS (
+    UPDATE stsync.credentials c SET
+        status = CASE WHEN $6::text = 'ok' THEN 'active'
+                      WHEN c.status = 'active' THEN 'error' ELSE c.status END,
+        last_error = CASE WHEN $6::text = 'error' THEN $4 ELSE c.last_error END,
+        last_error_at = CASE WHEN $6::text = 'error' THEN now() ELSE c.last_error_at END,
+        updated_at = now()
+    FROM done
+    WHERE c.id = done.credential_id
+      AND (($6::text = 'ok' AND c.status = 'error') OR $6::text = 'error')
 )
 SELECT completed_at, records_processed, records_successful, records_failed, pages FROM done;
 
@@ -140,10 +155,25 @@ UPDATE stsync.sync_log SET status = 'interrupted', completed_at = now(),
 WHERE id = $1 AND status = 'running';
 
 -- name: insert_dead_letters
+-- Records that cannot be stored: their JSON text as received ($8), and as jsonb ($9) when PostgreSQL
+-- accepts it (NULL otherwise), for querying.
 INSERT INTO stsync.dead_letters (sync_id, credential_id, environment, tenant_id, data_type,
-                                 record_id, reason, payload)
-SELECT $1, $2, $3, $4, $5, r.record_id, r.reason, r.payload
-FROM unnest($6::text[], $7::text[], $8::jsonb[]) AS r (record_id, reason, payload);
+                                 record_id, reason, raw, payload)
+SELECT $1, $2, $3, $4, $5, r.record_id, r.reason, r.raw, r.payload
+FROM unnest($6::text[], $7::text[], $8::bytea[], $9::jsonb[])
+     AS r (record_id, reason, raw, payload);
+
+-- name: resolve_dead_letters
+-- Open dead letters of records a batch has just stored: fixed upstream since.
+UPDATE stsync.dead_letters SET resolved_at = now()
+WHERE credential_id = $1 AND data_type = $2 AND resolved_at IS NULL
+  AND record_id = ANY($3::text[]);
+
+-- name: clear_stage_customers
+DELETE FROM pg_temp.stsync_stage_customers;
+
+-- name: clear_stage_invoices
+DELETE FROM pg_temp.stsync_stage_invoices;
 
 -- name: analyze_customers
 ANALYZE servicetitan.customers;
@@ -172,9 +202,11 @@ ON CONFLICT (environment, tenant_id, id) DO UPDATE SET
     latitude = excluded.latitude, longitude = excluded.longitude,
     created_on = excluded.created_on, modified_on = excluded.modified_on,
     payload = excluded.payload, synced_at = now()
-WHERE t.modified_on IS DISTINCT FROM excluded.modified_on
-   OR t.active IS DISTINCT FROM excluded.active
-   OR t.payload IS DISTINCT FROM excluded.payload;
+-- Never replace a row by an older version (a replay, a restart by date): a tie is decided by content.
+WHERE excluded.modified_on > t.modified_on
+   OR (excluded.modified_on = t.modified_on
+       AND (t.active IS DISTINCT FROM excluded.active
+            OR t.payload IS DISTINCT FROM excluded.payload));
 
 -- name: create_stage_invoices
 CREATE TEMPORARY TABLE IF NOT EXISTS stsync_stage_invoices (
@@ -200,9 +232,11 @@ ON CONFLICT (environment, tenant_id, id) DO UPDATE SET
     business_unit_id = excluded.business_unit_id, active = excluded.active,
     created_on = excluded.created_on, modified_on = excluded.modified_on,
     payload = excluded.payload, synced_at = now()
-WHERE t.modified_on IS DISTINCT FROM excluded.modified_on
-   OR t.active IS DISTINCT FROM excluded.active
-   OR t.payload IS DISTINCT FROM excluded.payload;
+-- Never replace a row by an older version (a replay, a restart by date): a tie is decided by content.
+WHERE excluded.modified_on > t.modified_on
+   OR (excluded.modified_on = t.modified_on
+       AND (t.active IS DISTINCT FROM excluded.active
+            OR t.payload IS DISTINCT FROM excluded.payload));
 
 -- name: select_syncs
 SELECT s.id, s.run_id, s.credential_id, s.data_type, s.trigger, s.mode, s.status, s.started_at,

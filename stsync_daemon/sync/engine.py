@@ -13,16 +13,17 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 from pydantic import SecretStr
 
-from ..enums import CredentialStatus, DataType, ErrorCategory, SyncMode, SyncStatus, Trigger
+from ..enums import DataType, ErrorCategory, SyncMode, SyncStatus, Trigger
 from ..errors import (
+    ConfigurationError,
     ConflictError,
     DatabaseError,
     StsyncError,
@@ -33,7 +34,7 @@ from ..servicetitan import ExportPage, ExportTokenInvalidError, ServiceTitanClie
 from ..store.credentials import Credential, CredentialStore
 from ..store.db import DB_ERRORS, describe_db_error
 from ..store.sql import QUERIES
-from .records import Batch, new_batch
+from .records import Batch, Rejected, Row, new_batch
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,18 @@ _BATCH_BYTES = 8 * 1024 * 1024
 _IDLE_WRITE_SECONDS = 0.05
 # A first load this large leaves statistics worth refreshing before the next sync plans its merge.
 _ANALYZE_AFTER_RECORDS = 50_000
+# Restarts by date after a refused continuation token, per sync, before it fails as `api`.
+_MAX_RESTARTS = 3
+# A sync's end is written again at these intervals (s) while PostgreSQL is away, then every last one.
+_FINISH_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
+# What PostgreSQL (or asyncpg's encoder) raises for a value it cannot store: one bad record, not an
+# outage. A batch that fails so is written again record by record to find it.
+_REFUSED: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.ProgramLimitExceededError,
+    ValueError,  # asyncpg's encoders: an int beyond int64, an unencodable str or Decimal
+    OverflowError,
+)
 
 
 class SyncAlreadyRunning(ConflictError):
@@ -58,7 +71,7 @@ class _Plan:
     """Where a sync starts, read by its start statement."""
 
     start: str | None  # a continuation token, or None: from the beginning
-    resumed_through: datetime | None  # the cursor's last committed modifiedOn, for a restart
+    safe_through: datetime | None  # where a restart by date may begin (None: from the beginning)
     secrets: Mapping[str, Any]  # the credential's encrypted columns
     load: _Load
 
@@ -77,6 +90,8 @@ class _Load:
     direct: bool = False
     direct_records: int = 0
     staged: bool = False
+    open_letters: bool = False  # the pair has unresolved dead letters: stored ids may resolve them
+    from_beginning: bool = False  # the pass now under way started at the export's beginning
 
 
 @dataclass(frozen=True)
@@ -175,7 +190,7 @@ async def sweep_orphans(pool: asyncpg.Pool) -> list[uuid.UUID]:
     async with pool.acquire() as conn:
         for row in await conn.fetch(QUERIES["running_syncs"]):
             name = lock_name(row["environment"], row["tenant_id"], row["data_type"])
-            if not await conn.fetchval(_TRY_LOCK, name):
+            if not await _try_lock(conn, name):
                 continue
             try:
                 if await conn.fetchval(
@@ -188,6 +203,17 @@ async def sweep_orphans(pool: asyncpg.Pool) -> list[uuid.UUID]:
     return swept
 
 
+async def _try_lock(conn: Any, name: str) -> bool:
+    """Take a sync lock if free. A cancel or failure that lands after the server may have granted it
+    (the answer unread) terminates the connection, so a lock can never go back to the pool.
+    """
+    try:
+        return bool(await conn.fetchval(_TRY_LOCK, name))
+    except BaseException:
+        _terminate(conn)
+        raise
+
+
 async def _unlock(conn: Any, name: str) -> None:
     """Release a sync lock; a connection that cannot is terminated, and the lock goes with it.
 
@@ -195,9 +221,22 @@ async def _unlock(conn: Any, name: str) -> None:
     """
     try:
         await conn.fetchval(_UNLOCK, name)
-    except DB_ERRORS:
-        conn.terminate()
+    except BaseException:
+        _terminate(conn)
         raise
+
+
+def _terminate(conn: Any) -> None:
+    """Close a connection at once; its session (and any lock) ends, and asyncpg gives its pool slot
+    back. A connection PostgreSQL already dropped was given back before: nothing to do."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
+def _describe_refusal(exc: BaseException) -> str:
+    if isinstance(exc, asyncpg.PostgresError):
+        return describe_db_error(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def classify(exc: BaseException) -> tuple[ErrorCategory, str]:
@@ -207,6 +246,33 @@ def classify(exc: BaseException) -> tuple[ErrorCategory, str]:
     if isinstance(exc, DB_ERRORS):
         return ErrorCategory.DATABASE, f"database error: {describe_db_error(exc)}"
     return ErrorCategory.UNEXPECTED, f"unexpected {type(exc).__name__}: {exc}"
+
+
+# Told about the daemon's own configuration: (subject, message) when a sync proves it wrong,
+# (subject, None) when a sync proves it right again.
+ProblemReporter = Callable[[str, str | None], None]
+_PROVEN_BY_SUCCESS = ("secrets_key", "app_key")
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    """What `finish_sync` writes: status, category, message, full pass start, credential outcome."""
+
+    status: SyncStatus
+    category: ErrorCategory | None
+    message: str | None
+    full_pass_started_at: datetime | None
+    credential: str | None  # "ok", "error" or None
+
+    def args(self, sync_id: uuid.UUID) -> tuple[Any, ...]:
+        return (
+            sync_id,
+            self.status.value,
+            self.category.value if self.category else None,
+            self.message,
+            self.full_pass_started_at,
+            self.credential,
+        )
 
 
 class SyncEngine:
@@ -221,6 +287,7 @@ class SyncEngine:
         app_key: SecretStr | None,
         commit_batch_records: int = 5000,
         instance: str | None = None,
+        problems: ProblemReporter | None = None,
     ) -> None:
         self._pool = pool
         self._client = client
@@ -228,6 +295,7 @@ class SyncEngine:
         self._app_key = app_key
         self._batch_records = commit_batch_records
         self._instance = instance
+        self._problems = problems
 
     async def synchronize(
         self,
@@ -239,27 +307,25 @@ class SyncEngine:
         """Sync one (credential, data type); never raises for a failed sync, only returns it.
 
         Raises `SyncAlreadyRunning` when the same data is being synced elsewhere, `DatabaseError`
-        when the sync log cannot be written, and re-raises cancellation after logging it.
+        when the sync cannot start, and re-raises cancellation after logging it. The sync holds one
+        pooled connection and never waits for a second while it does.
         """
         control = control or SyncControl()
         credential = request.credential
+        name = lock_name(
+            credential.environment.value, credential.tenant_id, request.data_type.value
+        )
         try:
             conn: Any = await self._pool.acquire()
         except DB_ERRORS as exc:
             raise DatabaseError(f"cannot reach PostgreSQL: {describe_db_error(exc)}") from None
         locked = False
+        result: SyncResult | None = None
+        end: _End | None = None
+        cancelled: asyncio.CancelledError | None = None
         try:
             try:
-                locked = bool(
-                    await conn.fetchval(
-                        _TRY_LOCK,
-                        lock_name(
-                            credential.environment.value,
-                            credential.tenant_id,
-                            request.data_type.value,
-                        ),
-                    )
-                )
+                locked = await _try_lock(conn, name)
                 if not locked:
                     raise SyncAlreadyRunning(
                         f"{request.data_type} of {credential.company_name} "
@@ -285,10 +351,13 @@ class SyncEngine:
                 started_at: datetime = started["started_at"]
                 plan = _Plan(
                     start,
-                    started["max_modified_on"],
+                    started["safe_through"],
                     started,
                     # A first sync of an empty tenant copies straight into the table.
-                    _Load(direct=start is None and not started["has_records"]),
+                    _Load(
+                        direct=start is None and not started["has_records"],
+                        open_letters=started["open_dead_letters"],
+                    ),
                 )
             except DB_ERRORS as exc:
                 raise DatabaseError(f"cannot start sync: {describe_db_error(exc)}") from None
@@ -308,19 +377,35 @@ class SyncEngine:
                 trigger=request.trigger,
                 resume=bool(start),
             )
-            await self._run_guarded(conn, request, result, plan, progress, control)
-            return result
+            end, cancelled = await self._run_guarded(conn, request, result, plan, progress, control)
+            if await self._write_end(conn, result, end):
+                end = None
         finally:
             # Shielded: a second cancellation during cleanup must not leak the connection (the
             # pool would then wait for it forever on shutdown).
-            name = lock_name(
-                credential.environment.value, credential.tenant_id, request.data_type.value
-            )
             await asyncio.shield(self._release(conn, name if locked else None))
+        if end is not None and result is not None:
+            # The sync's own connection could not write its end: it is back in the pool now, so
+            # retrying holds no connection while it waits for PostgreSQL.
+            await self._write_end_until_done(result, end, patient=cancelled is None)
+        assert result is not None
+        self._settle(request, result, end or _End(result.status, None, None, None, None))
+        control.result = result
+        if progress is not None:
+            event = self._progress_event(request, result, result.duration_seconds)
+            control.last_progress = event
+            outcome = progress(event)
+            if outcome is not None:
+                await outcome
+        if cancelled is not None:
+            raise cancelled
+        return result
 
     async def _release(self, conn: Any, lock: str | None) -> None:
-        if lock is not None and not conn.is_closed():
-            with contextlib.suppress(*DB_ERRORS):
+        # A terminated connection went back to the pool by itself (asyncpg detaches its proxy,
+        # and the lock died with its session): both calls then fail harmlessly.
+        with contextlib.suppress(*DB_ERRORS):
+            if lock is not None and not conn.is_closed():
                 await _unlock(conn, lock)
         with contextlib.suppress(*DB_ERRORS):
             await self._pool.release(conn)
@@ -333,12 +418,14 @@ class SyncEngine:
         plan: _Plan,
         progress: ProgressCallback | None,
         control: SyncControl,
-    ) -> None:
+    ) -> tuple[_End, asyncio.CancelledError | None]:
+        """Copy under the time limit; how it ended, and the cancellation to re-raise if any."""
         clock0 = time.monotonic()
         status = SyncStatus.COMPLETED
         category: ErrorCategory | None = None
         message: str | None = None
         cancelled: asyncio.CancelledError | None = None
+        credential_outcome: str | None = None
         try:
             await asyncio.wait_for(
                 self._copy(conn, request, result, plan, progress, clock0),
@@ -367,81 +454,95 @@ class SyncEngine:
             category, message = classify(exc)
             if category is ErrorCategory.UNEXPECTED:
                 logger.critical("sync.crashed", exc_info=exc)
-        # A completed pass from the beginning is what `full_completed_at` records.
-        full_pass = request.mode is SyncMode.FULL or plan.start is None
-        await self._finish(conn, request, result, status, category, message, full_pass)
-        control.result = result
+            elif category is ErrorCategory.AUTH:
+                credential_outcome = "error"  # this tenant rejected us: park its credential
+            elif isinstance(exc, ConfigurationError) and self._problems is not None:
+                # The daemon's setup, not the tenant: no credential is marked; health says it.
+                self._problems(exc.subject, message)
         if status is SyncStatus.COMPLETED:
-            if request.credential.status is CredentialStatus.ERROR:
-                with contextlib.suppress(*DB_ERRORS):
-                    await self._credentials.mark_ok(request.credential.id)
-        elif category is ErrorCategory.AUTH:
-            with contextlib.suppress(*DB_ERRORS):
-                await self._credentials.set_status(
-                    request.credential.id, CredentialStatus.ERROR, message
-                )
-        if progress is not None:
-            event = self._progress_event(request, result, time.monotonic() - clock0)
-            control.last_progress = event
-            outcome = progress(event)
-            if outcome is not None:
-                await outcome
-        if cancelled is not None:
-            raise cancelled
-
-    async def _finish(
-        self,
-        conn: asyncpg.Connection,
-        request: SyncRequest,
-        result: SyncResult,
-        status: SyncStatus,
-        category: ErrorCategory | None,
-        message: str | None,
-        full_pass: bool,
-    ) -> None:
-        result.status, result.error_category, result.error_message = status, category, message
-        args = (
-            result.sync_id,
-            status.value,
-            category.value if category else None,
+            credential_outcome = "ok"
+        # A completed pass from the beginning is what `full_completed_at` records.
+        full_pass = request.mode is SyncMode.FULL or plan.load.from_beginning
+        end = _End(
+            status,
+            category,
             message,
             result.started_at if full_pass else None,
+            credential_outcome,
         )
+        return end, cancelled
+
+    async def _write_end(self, conn: asyncpg.Connection, result: SyncResult, end: _End) -> bool:
+        """Write the sync's end on its own connection; False when that connection failed."""
         try:
+            if conn.is_in_transaction():
+                # A cancellation can land mid-transaction; roll it back before logging.
+                await conn.execute("ROLLBACK")
+            row = await conn.fetchrow(QUERIES["finish_sync"], *end.args(result.sync_id))
+        except DB_ERRORS:
+            # Broken (cancelled mid-query, or PostgreSQL went away): drop it, and its lock with it.
+            _terminate(conn)
+            return False
+        self._ended(result, end, row)
+        return True
+
+    async def _write_end_until_done(self, result: SyncResult, end: _End, *, patient: bool) -> None:
+        """Retry the end's bookkeeping until PostgreSQL takes it (a cancelled sync tries briefly:
+        the orphan sweep settles its row once the daemon is back)."""
+        attempt = 0
+        while True:
             try:
-                if conn.is_in_transaction():
-                    # A cancellation can land mid-transaction; roll it back before logging.
-                    await conn.execute("ROLLBACK")
-                row = await conn.fetchrow(QUERIES["finish_sync"], *args)
-            except DB_ERRORS:
-                # The sync's own connection may be broken (cancelled mid-query): use another one
-                # and drop this one, which also releases its lock.
-                conn.terminate()
-                row = await self._pool.fetchrow(QUERIES["finish_sync"], *args)
-        except DB_ERRORS as exc:
-            result.status = SyncStatus.FAILED if status is SyncStatus.COMPLETED else status
-            result.error_category = ErrorCategory.DATABASE
-            result.error_message = f"could not record the sync's end: {describe_db_error(exc)}"
-            log_event(
-                logger,
-                logging.ERROR,
-                "sync.unrecorded",
-                sync_id=result.sync_id,
-                error=result.error_message,
-            )
+                row = await self._pool.fetchrow(QUERIES["finish_sync"], *end.args(result.sync_id))
+            except DB_ERRORS as exc:
+                delay = _FINISH_RETRY_SECONDS[min(attempt, len(_FINISH_RETRY_SECONDS) - 1)]
+                attempt += 1
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "sync.end_unrecorded",
+                    sync_id=result.sync_id,
+                    attempt=attempt,
+                    retry_seconds=delay if patient else None,
+                    error=describe_db_error(exc),
+                )
+                if not patient and attempt >= 2:
+                    self._ended(result, end, None)
+                    result.error_message = (
+                        f"{end.message or 'ended'}; its end could not be recorded "
+                        f"({describe_db_error(exc)})"
+                    )
+                    return
+                await asyncio.sleep(delay)
+                continue
+            self._ended(result, end, row)
             return
+
+    def _ended(self, result: SyncResult, end: _End, row: asyncpg.Record | None) -> None:
+        result.status, result.error_category, result.error_message = (
+            end.status,
+            end.category,
+            end.message,
+        )
         if row is not None:
             result.completed_at = row["completed_at"]
             result.records_processed = row["records_processed"]
             result.records_successful = row["records_successful"]
             result.records_failed = row["records_failed"]
             result.pages = row["pages"]
-        level = logging.INFO if status is SyncStatus.COMPLETED else logging.WARNING
+        if result.completed_at is None:
+            result.completed_at = datetime.now(UTC)
+
+    def _settle(self, request: SyncRequest, result: SyncResult, end: _End) -> None:
+        """Log the end, and tell health what a success proved."""
+        if result.status is SyncStatus.COMPLETED and self._problems is not None:
+            for subject in _PROVEN_BY_SUCCESS:
+                self._problems(subject, None)
+        level = logging.INFO if result.status is SyncStatus.COMPLETED else logging.WARNING
         credential = request.credential
         log_event(
             logger,
             level,
-            f"sync.{status.value}",
+            f"sync.{result.status.value}",
             sync_id=result.sync_id,
             run_id=request.run_id,
             credential_id=credential.id,
@@ -454,8 +555,8 @@ class SyncEngine:
             seconds=round(result.duration_seconds, 3),
             fetch_seconds=round(result.timings["fetch"], 3),
             database_seconds=round(result.timings["database"], 3),
-            error_category=category,
-            error=message,
+            error_category=result.error_category,
+            error=result.error_message,
         )
 
     async def _copy(
@@ -471,15 +572,22 @@ class SyncEngine:
         load = plan.load
         tenant = self._client.tenant(access)
         shape = new_batch(request.data_type).shape
-        try:
-            await self._drain(conn, tenant, request, result, plan.start, load, progress, clock0)
-        except ExportTokenInvalidError:
-            if plan.start is None:
-                raise
-            # The stored token expired: restart by date, a little before what we committed.
-            restart = (
-                (plan.resumed_through - RESTART_LOOKBACK).strftime("%Y-%m-%dT%H:%M:%SZ")
-                if plan.resumed_through
+        start = plan.start
+        restarts = 0
+        while True:
+            load.from_beginning = start is None
+            try:
+                await self._drain(conn, tenant, request, result, start, load, progress, clock0)
+                break
+            except ExportTokenInvalidError:
+                restarts += 1
+                if restarts > _MAX_RESTARTS:
+                    raise
+            # A refused token (expired, or reset by ServiceTitan): restart by date from the last
+            # pass that completed, whatever order the export was in, else from the beginning.
+            start = (
+                (plan.safe_through - RESTART_LOOKBACK).strftime("%Y-%m-%dT%H:%M:%SZ")
+                if plan.safe_through
                 else None
             )
             log_event(
@@ -489,9 +597,9 @@ class SyncEngine:
                 sync_id=result.sync_id,
                 credential_id=request.credential.id,
                 data_type=request.data_type,
-                restart_from=restart or "beginning",
+                restart_from=start or "beginning",
+                restarts=restarts,
             )
-            await self._drain(conn, tenant, request, result, restart, load, progress, clock0)
         if load.direct_records >= _ANALYZE_AFTER_RECORDS:
             # The planner has never seen these rows; later merges and status queries need it to.
             await conn.execute(QUERIES[f"analyze_{shape.table}"])
@@ -594,19 +702,22 @@ class SyncEngine:
         load: _Load,
     ) -> None:
         clock = time.perf_counter()
-        written = False
-        if batch.rows and load.direct:
-            try:
-                await self._write(conn, request, result, batch, direct=True)
-                written = True
-                load.direct_records += len(batch.rows)
-            except asyncpg.UniqueViolationError:
-                load.direct = False
-        if not written:
-            if batch.rows and not load.staged:
-                await conn.execute(QUERIES[batch.shape.create_stage])
-                load.staged = True
-            await self._write(conn, request, result, batch, direct=False)
+        try:
+            written = False
+            if batch.rows and load.direct:
+                try:
+                    await self._write(conn, request, result, batch, load, direct=True)
+                    written = True
+                    load.direct_records += len(batch.rows)
+                except asyncpg.UniqueViolationError:
+                    load.direct = False
+            if not written:
+                await self._ensure_stage(conn, batch, load)
+                await self._write(conn, request, result, batch, load, direct=False)
+        except _REFUSED as exc:
+            # A record PostgreSQL cannot store failed the whole batch: find it and keep the rest.
+            await self._ensure_stage(conn, batch, load)
+            await self._write_isolating(conn, request, result, batch, load, exc)
         result.timings["database"] += time.perf_counter() - clock
         failed = len(batch.rejected)
         result.records_processed += batch.processed
@@ -614,53 +725,141 @@ class SyncEngine:
         result.records_failed += failed
         result.pages += batch.pages
 
+    async def _ensure_stage(self, conn: asyncpg.Connection, batch: Batch, load: _Load) -> None:
+        if batch.rows and not load.staged:
+            await conn.execute(QUERIES[batch.shape.create_stage])
+            load.staged = True
+
     async def _write(
         self,
         conn: asyncpg.Connection,
         request: SyncRequest,
         result: SyncResult,
         batch: Batch,
+        load: _Load,
         *,
         direct: bool,
     ) -> None:
         """One transaction: the batch's records, its dead letters, the cursor and the counters."""
-        credential = request.credential
-        shape = batch.shape
-        failed = len(batch.rejected)
         async with conn.transaction():
             if batch.rows and direct:
                 await self._copy_direct(conn, request, batch)
             elif batch.rows:
-                await conn.copy_records_to_table(
-                    shape.stage_table, records=batch.rows.values(), columns=shape.columns
+                await self._merge(conn, request, batch, batch.rows.values())
+            await self._book(conn, request, result, batch, load)
+
+    async def _merge(
+        self, conn: asyncpg.Connection, request: SyncRequest, batch: Batch, rows: Iterable[Row]
+    ) -> None:
+        shape = batch.shape
+        credential = request.credential
+        await conn.copy_records_to_table(shape.stage_table, records=rows, columns=shape.columns)
+        await conn.execute(QUERIES[shape.merge], credential.environment.value, credential.tenant_id)
+
+    async def _write_isolating(
+        self,
+        conn: asyncpg.Connection,
+        request: SyncRequest,
+        result: SyncResult,
+        batch: Batch,
+        load: _Load,
+        refusal: BaseException,
+    ) -> None:
+        """The batch again, halving each refused part under a savepoint down to single records.
+
+        Records refused alone become dead letters; the rest, the cursor and the counters commit
+        together as always. When most of the batch is refused the cause is not a record (a changed
+        table, say): the original error then fails the sync as before.
+        """
+        rows = list(batch.rows.values())
+        refused: list[Rejected] = []
+        clear = QUERIES[batch.shape.clear_stage]
+
+        async def store(part: list[Row]) -> None:
+            try:
+                async with conn.transaction():
+                    await self._merge(conn, request, batch, part)
+                    await conn.execute(clear)
+            except _REFUSED as exc:
+                if len(part) > 1:
+                    middle = len(part) // 2
+                    await store(part[:middle])
+                    await store(part[middle:])
+                    return
+                row = part[0]
+                refused.append(
+                    Rejected(
+                        str(row[0]),
+                        f"PostgreSQL cannot store it: {_describe_refusal(exc)}",
+                        bytes(row[-1][1:]),
+                        jsonb_ok=False,
+                    )
                 )
-                await conn.execute(
-                    QUERIES[shape.merge], credential.environment.value, credential.tenant_id
-                )
-            if batch.rejected:
-                await conn.execute(
-                    QUERIES["insert_dead_letters"],
-                    result.sync_id,
-                    credential.id,
-                    credential.environment.value,
-                    credential.tenant_id,
-                    request.data_type.value,
-                    [r.record_id for r in batch.rejected],
-                    [r.reason for r in batch.rejected],
-                    [r.payload for r in batch.rejected],
-                )
+
+        async with conn.transaction():
+            await store(rows)
+            if len(refused) > max(10, len(rows) // 2):
+                raise refusal
+            for rejected in refused:
+                del batch.rows[int(rejected.record_id or 0)]
+            batch.rejected.extend(refused)
+            await self._book(conn, request, result, batch, load)
+        log_event(
+            logger,
+            logging.WARNING,
+            "sync.records_refused",
+            sync_id=result.sync_id,
+            credential_id=request.credential.id,
+            data_type=request.data_type,
+            records=len(refused),
+            record_ids=[r.record_id for r in refused[:20]],
+        )
+
+    async def _book(
+        self,
+        conn: asyncpg.Connection,
+        request: SyncRequest,
+        result: SyncResult,
+        batch: Batch,
+        load: _Load,
+    ) -> None:
+        """In the batch's transaction: dead letters (new and resolved), the cursor, the counters."""
+        credential = request.credential
+        data_type = request.data_type.value
+        failed = len(batch.rejected)
+        if load.open_letters and batch.rows:
             await conn.execute(
-                QUERIES["batch_committed"],
+                QUERIES["resolve_dead_letters"],
                 credential.id,
-                request.data_type.value,
-                batch.continue_from,
-                batch.max_modified,
-                result.sync_id,
-                batch.processed,
-                batch.processed - failed,
-                failed,
-                batch.pages,
+                data_type,
+                [str(record_id) for record_id in batch.rows],
             )
+        if batch.rejected:
+            await conn.execute(
+                QUERIES["insert_dead_letters"],
+                result.sync_id,
+                credential.id,
+                credential.environment.value,
+                credential.tenant_id,
+                data_type,
+                [r.record_id for r in batch.rejected],
+                [r.reason for r in batch.rejected],
+                [r.raw for r in batch.rejected],
+                [r.raw if r.jsonb_ok else None for r in batch.rejected],
+            )
+            load.open_letters = True
+        await conn.execute(
+            QUERIES["batch_committed"],
+            credential.id,
+            data_type,
+            batch.continue_from,
+            batch.max_modified,
+            result.sync_id,
+            batch.processed,
+            batch.processed - failed,
+            failed,
+            batch.pages,
+        )
 
     async def _copy_direct(
         self, conn: asyncpg.Connection, request: SyncRequest, batch: Batch

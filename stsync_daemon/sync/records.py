@@ -1,8 +1,9 @@
 """Turn ServiceTitan records into typed rows for the stage tables.
 
-Only id, modifiedOn and active are required: a record without them becomes a dead letter.
-Every other typed column is best effort (NULL when absent or malformed); the payload keeps the record
-exactly as received.
+Only id, modifiedOn and active are required: a record without them becomes a dead letter, and so does
+one PostgreSQL cannot store (a NUL character) or that could not be decoded at all. Every other typed
+column is best effort (NULL when absent, malformed or out of the column's range); the payload keeps the
+record as received.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ Row = tuple[Any, ...]
 
 @dataclass(frozen=True)
 class Rejected:
-    """A record that cannot be stored as a row."""
+    """A record that cannot be stored as a row: kept as JSON text (`raw`) with the reason."""
 
     record_id: str | None
     reason: str
-    payload: dict[str, Any] | Any
+    raw: bytes
+    jsonb_ok: bool = True  # whether PostgreSQL's jsonb accepts `raw` (kept queryable then)
 
 
 class InvalidRecord(ValueError):
@@ -44,25 +46,47 @@ def parse_timestamp(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+# PostgreSQL's bigint and the largest exponents its numeric type (and asyncpg's encoder) accept.
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+_NUMERIC_MAX_EXPONENT = 131_000
+_NUMERIC_MIN_EXPONENT = -16_000
+# orjson writes a NUL character as this escape; neither text nor jsonb can hold it.
+_NUL_ESCAPE = b"\\u0000"
+
+
 def _required_id(record: dict[str, Any]) -> int:
     value = record.get("id")
-    if type(value) is not int or value <= 0:
-        raise InvalidRecord(f"id must be a positive integer, got {value!r}")
+    if type(value) is not int or not 0 < value <= INT64_MAX:
+        raise InvalidRecord(f"id must be a positive 64-bit integer, got {_clip(repr(value))}")
     return value
+
+
+def _record_id(value: Any) -> str | None:
+    """A rejected record's id as text (JSON-escaped when not an integer: it may hold a NUL)."""
+    if value is None:
+        return None
+    if type(value) is int:
+        return str(value)
+    return _clip(orjson.dumps(value).decode(), 40)
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _required_modified(record: dict[str, Any]) -> datetime:
     value = record.get("modifiedOn")
     parsed = parse_timestamp(value)
     if parsed is None:
-        raise InvalidRecord(f"modifiedOn must be an ISO 8601 timestamp, got {value!r}")
+        raise InvalidRecord(f"modifiedOn must be an ISO 8601 timestamp, got {_clip(repr(value))}")
     return parsed
 
 
 def _required_active(record: dict[str, Any]) -> bool:
     value = record.get("active")
     if type(value) is not bool:
-        raise InvalidRecord(f"active must be true or false, got {value!r}")
+        raise InvalidRecord(f"active must be true or false, got {_clip(repr(value))}")
     return value
 
 
@@ -73,11 +97,15 @@ def _decimal(value: Any) -> Decimal | None:
         result = Decimal(value) if isinstance(value, str) else Decimal(str(value))
     except (InvalidOperation, ValueError):
         return None
-    return result if result.is_finite() else None
+    if not result.is_finite() or not (
+        _NUMERIC_MIN_EXPONENT <= result.adjusted() <= _NUMERIC_MAX_EXPONENT
+    ):
+        return None
+    return result
 
 
 def _int(value: Any) -> int | None:
-    return value if type(value) is int else None
+    return value if type(value) is int and INT64_MIN <= value <= INT64_MAX else None
 
 
 def _float(value: Any) -> float | None:
@@ -99,7 +127,12 @@ def _ref_id(value: Any) -> int | None:
 def _jsonb(record: dict[str, Any]) -> bytes:
     # Binary jsonb (version byte + JSON). The concatenation also trims orjson's output buffer, which
     # it does not shrink: kept as is, each small payload would hold about 8 KB.
-    return b"\x01" + orjson.dumps(record)
+    payload = b"\x01" + orjson.dumps(record)
+    if _NUL_ESCAPE in payload:
+        raise InvalidRecord(
+            "holds a NUL character (\\u0000), which PostgreSQL cannot store in text or jsonb"
+        )
+    return payload
 
 
 def customer_row(record: dict[str, Any]) -> Row:
@@ -172,6 +205,7 @@ class Shape:
     create_stage: str
     merge: str
     table: str
+    clear_stage: str
 
     @property
     def modified_index(self) -> int:
@@ -187,6 +221,7 @@ SHAPES: dict[DataType, Shape] = {
         "create_stage_customers",
         "merge_customers",
         "customers",
+        "clear_stage_customers",
     ),
     DataType.INVOICES: Shape(
         DataType.INVOICES,
@@ -196,6 +231,7 @@ SHAPES: dict[DataType, Shape] = {
         "create_stage_invoices",
         "merge_invoices",
         "invoices",
+        "clear_stage_invoices",
     ),
 }
 
@@ -213,8 +249,17 @@ class Batch:
     continue_from: str | None = None
     max_modified: datetime | None = None
 
-    def add_page(self, records: Sequence[Any], continue_from: str | None, nbytes: int = 0) -> None:
-        """Convert a page now, so that only compact rows (payload as JSON bytes) stay in memory."""
+    def add_page(
+        self,
+        records: Sequence[Any],
+        continue_from: str | None,
+        nbytes: int = 0,
+        unreadable: Sequence[Rejected] = (),
+    ) -> None:
+        """Convert a page now, so that only compact rows (payload as JSON bytes) stay in memory.
+
+        `unreadable`: records of the page that could not even be decoded, already rejected.
+        """
         convert, rows, mod_i = self.shape.convert, self.rows, self.shape.modified_index
         max_modified = self.max_modified
         for record in records:
@@ -226,8 +271,14 @@ class Batch:
                 row = convert(record)
             except InvalidRecord as exc:
                 raw_id = record.get("id") if isinstance(record, dict) else None
+                raw = orjson.dumps(record)
                 self.rejected.append(
-                    Rejected(None if raw_id is None else str(raw_id), str(exc), record)
+                    Rejected(
+                        _record_id(raw_id),
+                        str(exc),
+                        raw,
+                        jsonb_ok=_NUL_ESCAPE not in raw,
+                    )
                 )
                 continue
             previous = rows.get(row[0])
@@ -236,8 +287,9 @@ class Batch:
                 rows[row[0]] = row
             if max_modified is None or modified > max_modified:
                 max_modified = modified
+        self.rejected.extend(unreadable)
         self.max_modified = max_modified
-        self.processed += len(records)
+        self.processed += len(records) + len(unreadable)
         self.pages += 1
         self.nbytes += nbytes
         self.continue_from = continue_from

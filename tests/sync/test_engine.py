@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import pytest
-from pydantic import SecretStr
 
 from stsync_daemon.enums import (
     CredentialStatus,
@@ -19,49 +16,11 @@ from stsync_daemon.enums import (
     SyncMode,
     SyncStatus,
 )
-from stsync_daemon.sandbox import FaultRule, Sandbox, SandboxConfig, truth_digest
-from stsync_daemon.servicetitan import ServiceTitanClient
-from stsync_daemon.store.credentials import Credential, CredentialStore, NewCredential
-from stsync_daemon.store.crypto import SecretCipher
-from stsync_daemon.store.db import create_pool
-from stsync_daemon.sync.engine import SyncControl, SyncEngine, SyncRequest, sweep_orphans
-from tests.support import db_truth, settings_for, tenant, write_key
+from stsync_daemon.sandbox import FaultRule, SandboxConfig, truth_digest
+from stsync_daemon.sync.engine import SyncControl, SyncRequest, sweep_orphans
+from tests.support import Rig, db_truth, engine_rig, tenant
 
 PROD = Environment.PRODUCTION
-
-
-@dataclass
-class Rig:
-    sandbox: Sandbox
-    pool: asyncpg.Pool
-    store: CredentialStore
-    engine: SyncEngine
-    client: ServiceTitanClient
-
-    async def add(
-        self, tenant_id: int, env: Environment = PROD, secret: str | None = None
-    ) -> Credential:
-        return await self.store.add(
-            NewCredential(
-                company_id=f"co{tenant_id}",
-                company_name=f"Company {tenant_id}",
-                environment=env,
-                tenant_id=tenant_id,
-                client_id=f"cid.{env.value}.{tenant_id}",
-                client_secret=SecretStr(secret or f"cs.secret.{tenant_id}"),
-            )
-        )
-
-    async def sync(self, credential: Credential, data_type: DataType, **kw: object) -> object:
-        return await self.engine.synchronize(SyncRequest(credential, data_type, **kw))  # type: ignore[arg-type]
-
-    async def assert_equal_truth(
-        self, tenant_id: int, data_type: DataType, env: Environment = PROD
-    ) -> None:
-        truth = self.sandbox.truth(tenant_id, env, data_type)
-        async with self.pool.acquire() as conn:
-            count, digest = await db_truth(conn, data_type, env, tenant_id)
-        assert (count, digest) == (truth.count, truth.digest)
 
 
 @pytest.fixture
@@ -74,31 +33,8 @@ async def rig(database_dsn: str, tmp_path: Path) -> AsyncIterator[Rig]:
         export_page_size=100,
         seed=7,
     )
-    async with Sandbox(config) as sandbox:
-        settings = settings_for(
-            sandbox,
-            database_dsn,
-            write_key(tmp_path),
-            servicetitan={"max_retry_seconds": 20},
-            sync={"commit_batch_records": 250},
-        )
-        pool = await create_pool(database_dsn, min_size=1, max_size=6)
-        client = ServiceTitanClient(settings.servicetitan)
-        await client.__aenter__()
-        store = CredentialStore(pool, SecretCipher.from_file(settings.secrets.key_file))
-        engine = SyncEngine(
-            pool,
-            client,
-            store,
-            app_key=settings.servicetitan.resolve_app_key(),
-            commit_batch_records=250,
-            instance="test",
-        )
-        try:
-            yield Rig(sandbox, pool, store, engine, client)
-        finally:
-            await client.close()
-            await pool.close()
+    async with engine_rig(config, database_dsn, tmp_path) as made:
+        yield made
 
 
 async def test_full_sync_of_two_tenants_equals_sandbox_truth(rig: Rig) -> None:
