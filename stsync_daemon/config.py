@@ -28,6 +28,8 @@ from .enums import DataTypeFilter, Environment
 from .errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/stsync/stsync.toml")
+# Pooled connections kept beyond the syncs' own: claims, supervision, heartbeats, the control socket.
+HOUSEKEEPING_CONNECTIONS = 1
 
 PRODUCTION_AUTH_URL = "https://auth.servicetitan.io"
 PRODUCTION_API_URL = "https://api.servicetitan.io"
@@ -107,6 +109,7 @@ class SyncConfig(_Frozen):
     """Knobs of batch runs and of each sync."""
 
     max_concurrent: Annotated[int, Field(ge=1, le=1000)] = 3
+    max_concurrent_total: Annotated[int, Field(ge=1, le=1000)] = 10
     timeout_seconds: Annotated[float, Field(gt=0)] = 3600.0
     page_size: Annotated[int, Field(ge=1, le=5000)] = 500
     commit_batch_records: Annotated[int, Field(ge=1, le=100_000)] = 5000
@@ -247,6 +250,20 @@ class Settings(BaseSettings):
     logging: LoggingConfig = LoggingConfig()
     schedules: tuple[ScheduleConfig, ...] = ()
 
+    @model_validator(mode="after")
+    def _pool_fits_the_work(self) -> Settings:
+        # Each sync holds one pooled connection; the daemon's own loops need one more to make
+        # progress, or a full pool would wait on itself.
+        need = self.sync.max_concurrent_total + HOUSEKEEPING_CONNECTIONS
+        if self.database.pool_max_size < need:
+            raise ValueError(
+                f"database.pool_max_size ({self.database.pool_max_size}) is too small for "
+                f"sync.max_concurrent_total ({self.sync.max_concurrent_total}) plus "
+                f"{HOUSEKEEPING_CONNECTIONS} for the daemon's housekeeping: raise pool_max_size "
+                f"to at least {need} or lower max_concurrent_total"
+            )
+        return self
+
     @field_validator("schedules")
     @classmethod
     def _unique_names(cls, value: tuple[ScheduleConfig, ...]) -> tuple[ScheduleConfig, ...]:
@@ -284,12 +301,13 @@ def default_config_path() -> Path:
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"]
+    key = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key (check its spelling and section)"
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{key}: {message}{more}"
+    # A check across sections names its keys itself.
+    return f"{key}: {message}{more}" if key else f"{message}{more}"
 
 
 def load_settings(path: Path | None, *, required: bool = True) -> Settings:

@@ -15,16 +15,18 @@ async def start_metrics_server(
     host: str,
     port: int,
     *,
-    healthy: Callable[[], bool] | None = None,
+    verdict: Callable[[], tuple[str, list[str]]] | None = None,
 ) -> web.AppRunner:
     """Serve on host:port (0: a free port, see `runner.addresses`); `runner.cleanup()` stops it.
 
-    `/healthz` answers 200 "ok", or 503 when `healthy` returns False, for load balancers and probes.
+    `/healthz` answers 200 "ok" when `verdict` says `ok`, else 503 with the status and one reason
+    per line (database unreachable, a configuration problem, a failed loop), for probes.
     """
 
     async def healthz(request: web.Request) -> web.Response:
-        if healthy is not None and not healthy():
-            return web.Response(status=503, text="unhealthy\n")
+        status, reasons = verdict() if verdict is not None else ("ok", [])
+        if status != "ok":
+            return web.Response(status=503, text="\n".join([status, *reasons]) + "\n")
         return web.Response(text="ok\n")
 
     app = web.Application()

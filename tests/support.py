@@ -116,6 +116,7 @@ class Rig:
     engine: SyncEngine
     client: ServiceTitanClient
     problems: dict[str, str]
+    settings: Settings
 
     async def add(
         self, tenant_id: int, env: Environment = Environment.PRODUCTION, secret: str | None = None
@@ -149,20 +150,20 @@ async def engine_rig(
     dsn: str,
     directory: Path,
     *,
-    pool_max_size: int = 6,
+    pool_max_size: int | None = None,
     **sections: Any,
 ) -> AsyncIterator[Rig]:
-    """A sandbox, a pool, a credential store and an engine that batches 250 records."""
+    """A sandbox, a pool, a credential store and an engine that batches 250 records.
+
+    `sections` add to the settings (e.g. `sync={"max_concurrent_total": 2}`); `pool_max_size`
+    sizes the pool regardless of them, to stage what the settings would refuse.
+    """
     async with Sandbox(config) as sandbox:
-        settings = settings_for(
-            sandbox,
-            dsn,
-            write_key(directory),
-            servicetitan={"max_retry_seconds": 20},
-            sync={"commit_batch_records": 250},
-            **sections,
-        )
-        pool = await create_pool(dsn, min_size=1, max_size=pool_max_size)
+        sections.setdefault("servicetitan", {}).setdefault("max_retry_seconds", 20)
+        sections.setdefault("sync", {}).setdefault("commit_batch_records", 250)
+        settings = settings_for(sandbox, dsn, write_key(directory), **sections)
+        size = pool_max_size or settings.database.pool_max_size
+        pool = await create_pool(dsn, min_size=1, max_size=size)
         client = ServiceTitanClient(settings.servicetitan)
         await client.__aenter__()
         store = CredentialStore(pool, SecretCipher.from_file(settings.secrets.key_file))
@@ -184,7 +185,7 @@ async def engine_rig(
             problems=report,
         )
         try:
-            yield Rig(sandbox, pool, store, engine, client, problems)
+            yield Rig(sandbox, pool, store, engine, client, problems, settings)
         finally:
             await client.close()
             await pool.close()

@@ -567,6 +567,12 @@ def health_text(health: Health) -> str:
             ("Database", health["database"]),
             ("Running syncs", str(health["running_syncs"])),
             ("Running runs", str(health["running_runs"])),
+            *(
+                [("Loops", ", ".join(f"{k} {v}" for k, v in health["loops"].items()))]
+                if health.get("loops")
+                else []
+            ),
+            *(("Problem", problem) for problem in health.get("problems", [])),
         ]
     )
 

@@ -534,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "health",
         "check that the daemon answers, and its database",
-        "The daemon's health: version, uptime, database, running syncs.",
+        "The daemon's health: status (ok, degraded or unhealthy, with the reasons), version, uptime,\n"
+        "database, background loops, running syncs. Exits 0 only when the status is ok.",
         "  stsyncctl health",
     )
     health.set_defaults(prepare=None, handler=_health)
@@ -1098,7 +1099,8 @@ async def _health(ctx: Context, args: argparse.Namespace) -> int:
         ctx.emit_json(answer)
     else:
         ctx.out(render.health_text(cast(Health, answer)))
-    return EXIT_OK
+    # For monitoring scripts: only a daemon that can do all of its work answers 0.
+    return EXIT_OK if answer.get("status") == "ok" else EXIT_FAILED
 
 
 # ---------------------------------------------------------------------------------------------

@@ -270,7 +270,8 @@ class CredentialView(TypedDict):
 
 
 class Health(TypedDict):
-    """`GET /v1/health`."""
+    """`GET /v1/health`: `status` is `ok`, `degraded` (works in part, recovers by itself) or
+    `unhealthy` (a background loop failed for good: restart it); `problems` says why."""
 
     status: str
     version: str
@@ -280,6 +281,8 @@ class Health(TypedDict):
     database: str
     running_syncs: int
     running_runs: int
+    problems: list[str]
+    loops: dict[str, str]
 
 
 class ReportRow(TypedDict):

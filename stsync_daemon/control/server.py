@@ -49,7 +49,6 @@ from .protocol import (
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_HEALTH_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *DB_ERRORS)
 
 
 def _dumps(value: Any) -> bytes:
@@ -253,20 +252,19 @@ class ControlServer:
 
     async def health(self, request: web.Request) -> web.Response:
         d = self._daemon
-        database = "ok"
-        try:
-            await asyncio.wait_for(d.pool.fetchval("SELECT 1"), 5)
-        except _HEALTH_ERRORS:
-            database = "unavailable"
+        database_ok = await d.probe_database()
+        status, problems = d.health.verdict(database_ok=database_ok)
         body: Health = {
-            "status": "ok" if database == "ok" else "degraded",
+            "status": status,
             "version": __version__,
             "instance": d.instance,
             "pid": os.getpid(),
             "uptime_seconds": round(time.monotonic() - d.started_monotonic, 3),
-            "database": database,
+            "database": "ok" if database_ok else "unavailable",
             "running_syncs": d.runner.running_syncs,
             "running_runs": d.runner.running_runs,
+            "problems": problems,
+            "loops": {name: loop.state for name, loop in sorted(d.health.loops.items())},
         }
         return json_response(body)
 

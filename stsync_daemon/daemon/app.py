@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +38,7 @@ from ..store.db import DB_ERRORS, create_pool, describe_db_error
 from ..store.migrate import migrate
 from ..store.sql import QUERIES
 from ..sync.engine import SyncEngine, sweep_orphans
+from .health import OK, Health
 from .report import build_report, log_report
 from .runner import Runner, TickNotClaimed
 from .scheduler import Scheduler
@@ -44,6 +46,7 @@ from .systemd import SystemdNotifier, watchdog_interval, watchdog_loop
 
 logger = logging.getLogger(__name__)
 _CHANNEL = "stsync_events"
+_PROBE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *DB_ERRORS)
 
 
 class Daemon:
@@ -54,6 +57,7 @@ class Daemon:
         self.instance = settings.cluster.instance_name()
         self.metrics = Metrics()
         self.notifier = SystemdNotifier.from_environment()
+        self.health = Health()
         self.started_monotonic = time.monotonic()
         self._tasks: list[asyncio.Task[Any]] = []
         self._metrics_runner: Any = None
@@ -94,6 +98,7 @@ class Daemon:
             app_key=app_key,
             commit_batch_records=settings.sync.commit_batch_records,
             instance=self.instance,
+            problems=self.health.report,
         )
         self.runner = Runner(
             pool=self.pool,
@@ -126,7 +131,7 @@ class Daemon:
         await self.control.start()
         if settings.metrics.enabled:
             self._metrics_runner = await start_metrics_server(
-                self.metrics, settings.metrics.host, settings.metrics.port
+                self.metrics, settings.metrics.host, settings.metrics.port, verdict=self.verdict
             )
         await self.refresh_credential_metrics()
         for row in await self.pool.fetch(QUERIES["all_last_success"]):
@@ -138,13 +143,24 @@ class Daemon:
                 row["completed_at"],
             )
         await self._listen()
-        self._tasks.append(asyncio.create_task(self.runner.work_loop(), name="stsync-work"))
         self.scheduler.start()
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="stsync-housekeeping"))
+        loops: dict[str, Callable[[], Awaitable[None]]] = {
+            "claims": lambda: self.runner.work_loop(beat=lambda: self.health.beat("claims")),
+            "heartbeat": self._heartbeat_loop,
+            "sweep": self._sweep_loop,
+            "scheduler": self._scheduler_loop,
+        }
+        for name, body in loops.items():
+            self._tasks.append(
+                asyncio.create_task(self.health.supervise(name, body), name=f"stsync-{name}")
+            )
         interval = watchdog_interval()
         if interval:
             self._tasks.append(
-                asyncio.create_task(watchdog_loop(self.notifier, interval), name="stsync-watchdog")
+                asyncio.create_task(
+                    watchdog_loop(self.notifier, interval, alive=lambda: self.health.alive),
+                    name="stsync-watchdog",
+                )
             )
         # Everything alive now lives as long as the daemon: keep it out of every GC pass.
         gc.collect()
@@ -285,31 +301,69 @@ class Daemon:
 
         await self._listener.add_listener(_CHANNEL, on_message)
 
-    async def _sweep(self) -> None:
-        """Interrupt syncs whose daemon died, then settle their items and orphaned runs."""
-        swept = await sweep_orphans(self.pool)
-        if swept:
-            log_event(logger, logging.WARNING, "sync.orphans_interrupted", syncs=len(swept))
-        await self.runner.sweep(self.settings.cluster.lease_seconds)
+    def verdict(self) -> tuple[str, list[str]]:
+        """The daemon's health as the heartbeat last saw the database: for /healthz."""
+        return self.health.verdict()
 
-    async def _housekeeping(self) -> None:
-        """Heartbeat, systemd STATUS=, and the sweep through which instances take over dead ones."""
-        sweep_every = self.settings.cluster.orphan_sweep_seconds
-        beat_every = min(5.0, self.settings.cluster.lease_seconds / 3)
-        last_sweep = time.monotonic()
+    async def probe_database(self) -> bool:
+        """Ask PostgreSQL now (bounded), and remember the answer."""
+        try:
+            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 5)
+        except _PROBE_ERRORS:
+            self.health.database_ok = False
+        else:
+            self.health.database_ok = True
+        return self.health.database_ok
+
+    async def _heartbeat_loop(self) -> None:
+        """Heartbeat (other instances see us alive), the LISTEN connection, systemd STATUS=."""
+        every = min(5.0, self.settings.cluster.lease_seconds / 3)
         while True:
-            await asyncio.sleep(min(beat_every, sweep_every))
-            self.notifier.status(self.runner.describe_running())
+            status, reasons = self.health.verdict()
+            line = self.runner.describe_running()
+            self.notifier.status(line if status == OK else f"{status}: {reasons[0]}; {line}")
             try:
                 await self._heartbeat()
                 await self._listen()
-                if time.monotonic() - last_sweep >= sweep_every:
-                    last_sweep = time.monotonic()
-                    await self._sweep()
+            except DB_ERRORS as exc:
+                if self.health.database_ok:
+                    log_event(
+                        logger,
+                        logging.WARNING,
+                        "database.unavailable",
+                        error=describe_db_error(exc),
+                    )
+                self.health.database_ok = False
+            else:
+                if not self.health.database_ok:
+                    log_event(logger, logging.INFO, "database.available")
+                self.health.database_ok = True
+            self.health.beat("heartbeat")
+            await asyncio.sleep(every)
+
+    async def _sweep_loop(self) -> None:
+        """Take over dead instances' work; settle what an outage left half done."""
+        while True:
+            await asyncio.sleep(self.settings.cluster.orphan_sweep_seconds)
+            try:
+                swept = await sweep_orphans(self.pool)
+                if swept:
+                    log_event(logger, logging.WARNING, "sync.orphans_interrupted", syncs=len(swept))
+                await self.runner.sweep(self.settings.cluster.lease_seconds)
+                await self.runner.release_stale_claims()
             except DB_ERRORS as exc:
                 log_event(
                     logger, logging.WARNING, "housekeeping.failed", error=describe_db_error(exc)
                 )
+            self.health.beat("sweep")
+
+    async def _scheduler_loop(self) -> None:
+        """APScheduler runs its own timers: check they still fire, and revive it if not."""
+        self.scheduler.revive()
+        while True:
+            self.scheduler.check()
+            self.health.beat("scheduler")
+            await asyncio.sleep(5.0)
 
     async def stop(self, *, grace_seconds: float | None = None) -> None:
         """Drain, then close everything; safe after a partial start."""

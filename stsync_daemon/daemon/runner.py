@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -48,7 +48,7 @@ from ..enums import (
     SyncStatus,
     Trigger,
 )
-from ..errors import NotFoundError, StsyncError
+from ..errors import DatabaseError, NotFoundError, StsyncError
 from ..logs import log_event
 from ..metrics import Metrics
 from ..servicetitan import ServiceTitanClient
@@ -68,10 +68,31 @@ from .views import iso, skipped_view, sync_view_from_row
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Event = dict[str, Any]
 Notify = Callable[[str], Awaitable[None]]
 _POLL_SECONDS = 1.0
 _SUPERVISE_POLL_SECONDS = 0.5
+# A claim older than this with no sync row and no local task was lost in an outage.
+_STALE_CLAIM_SECONDS = 60.0
+# Waits between attempts while PostgreSQL is away (claims, supervision, a run's summary).
+_OUTAGE_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 15.0)
+
+
+def outage_delay(attempt: int) -> float:
+    """The wait before attempt `attempt + 1` of something PostgreSQL refused `attempt` times."""
+    return _OUTAGE_BACKOFF_SECONDS[min(max(attempt, 1), len(_OUTAGE_BACKOFF_SECONDS)) - 1]
+
+
+def _unschedulable(credential: Credential) -> str | None:
+    """Why schedules leave a credential alone (manual runs may still name it), or None."""
+    if credential.status is CredentialStatus.DISABLED:
+        return "credential disabled"
+    if credential.status is CredentialStatus.ERROR:
+        return f"credential in error: {credential.last_error or 'fix and enable it'}"
+    if not credential.schedule_enabled:
+        return "scheduled syncs turned off for this credential"
+    return None
 
 
 class TickNotClaimed(TickSkipped):
@@ -156,6 +177,9 @@ class Runner:
         self._wakeup = asyncio.Event()
         self._freed: set[uuid.UUID] = set()  # runs with a slot freed since the last claim round
         self._limits: dict[uuid.UUID, tuple[int, float]] = {}  # run -> max_concurrent, timeout
+        # The daemon-wide cap on syncs in flight, whatever runs they belong to: a sync holds a slot
+        # (and one pooled connection) from its claim to its end.
+        self._slots = asyncio.Semaphore(settings.sync.max_concurrent_total)
         self._accepting = True
         self._claiming = True
         self.schedule_views: Callable[[], list[ScheduleView]] | None = None
@@ -193,13 +217,11 @@ class Runner:
         items: list[WorkItem] = []
         skipped: list[SkippedView] = []
         for credential in found:
-            reason = None
-            if credential.status is CredentialStatus.DISABLED and request.credential_id is None:
+            reason = _unschedulable(credential) if scheduled else None
+            if reason is not None:
+                pass
+            elif credential.status is CredentialStatus.DISABLED and request.credential_id is None:
                 reason = "credential disabled"
-            elif scheduled and credential.status is CredentialStatus.ERROR:
-                reason = f"credential in error: {credential.last_error or 'fix and enable it'}"
-            elif scheduled and not credential.schedule_enabled:
-                reason = "scheduled syncs turned off for this credential"
             elif credential.status is CredentialStatus.ERROR and not request.include_errored:
                 reason = f"credential in error: {credential.last_error or 'fix and enable it'}"
             for data_type in request.data_type.expand():
@@ -210,7 +232,7 @@ class Runner:
         return items, skipped
 
     async def _select_retry(
-        self, request: RetryRequest
+        self, request: RetryRequest, trigger: Trigger = Trigger.MANUAL
     ) -> tuple[list[WorkItem], list[SkippedView]]:
         since = datetime.now(UTC) - timedelta(hours=request.max_age_hours)
         rows = await self._pool.fetch(QUERIES["retry_candidates"], since)
@@ -232,7 +254,9 @@ class Runner:
                 )
             elif request.exclude_auth_errors and row["error_category"] == ErrorCategory.AUTH:
                 reason = "authentication failure excluded (--exclude-auth-errors)"
-            elif credential.status is CredentialStatus.DISABLED:
+            else:
+                reason = _unschedulable(credential) if trigger is Trigger.SCHEDULED else None
+            if reason is None and credential.status is CredentialStatus.DISABLED:
                 reason = "credential disabled"
             if reason:
                 skipped.append(skipped_view(credential, data_type, reason))
@@ -357,7 +381,7 @@ class Runner:
     ) -> tuple[str, tuple[list[WorkItem], list[SkippedView]]]:
         if isinstance(request, ProcessRequest):
             return "process", await self._select_process(request, trigger)
-        return "retry", await self._select_retry(request)
+        return "retry", await self._select_retry(request, trigger)
 
     async def _start(
         self,
@@ -500,9 +524,17 @@ class Runner:
 
     # -- claiming and running items -----------------------------------------------------------
 
-    async def work_loop(self) -> None:
-        """Claim pending items of any running run while this instance has capacity."""
+    async def work_loop(self, beat: Callable[[], None] | None = None) -> None:
+        """Claim pending items of any running run while this instance has capacity.
+
+        Rides out PostgreSQL outages: a failed round is retried with backoff, and nothing claimed
+        is lost (an item whose sync never started goes back to pending). `beat` is called after
+        each round that did not crash (an outage is not a crash).
+        """
+        failures = 0
         while True:
+            if beat is not None:
+                beat()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), _POLL_SECONDS)
             self._wakeup.clear()
@@ -511,10 +543,17 @@ class Runner:
             try:
                 await self._claim_round()
             except DB_ERRORS as exc:
+                failures += 1
                 log_event(
-                    logger, logging.WARNING, "cluster.claim_failed", error=describe_db_error(exc)
+                    logger,
+                    logging.WARNING,
+                    "cluster.claim_failed",
+                    error=describe_db_error(exc),
+                    attempt=failures,
                 )
-                await asyncio.sleep(_POLL_SECONDS)
+                await asyncio.sleep(outage_delay(failures))
+            else:
+                failures = 0
 
     async def _claim_round(self) -> None:
         freed, self._freed = self._freed, set()
@@ -533,7 +572,20 @@ class Runner:
         free = max_concurrent - in_flight
         if free <= 0 or not self._claiming:
             return
-        for item in await self._pool.fetch(QUERIES["claim_items"], run_id, self._instance, free):
+        slots = 0
+        while slots < free and not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once
+            slots += 1
+        claimed: list[asyncpg.Record] = []
+        try:
+            if slots:
+                claimed = await self._pool.fetch(
+                    QUERIES["claim_items"], run_id, self._instance, slots
+                )
+        finally:
+            for _ in range(slots - len(claimed)):
+                self._slots.release()
+        for item in claimed:
             key = (run_id, item["credential_id"], item["data_type"])
             local = LocalSync(run_id, item["sync_id"], SyncControl())
             self._local[key] = local
@@ -541,6 +593,20 @@ class Runner:
                 self._run_item(run_id, limit_seconds, item, local),
                 name=f"stsync-sync-{item['sync_id']}",
             )
+
+    async def release_stale_claims(self) -> None:
+        """Items this instance claimed whose sync never started nor runs here go back to pending.
+
+        The claim committed, then PostgreSQL went away before the sync's row was written (or the
+        item's return to pending failed): without this, the run would wait for them forever.
+        """
+        running = [local.sync_id for local in self._local.values()]
+        released = await self._pool.fetch(
+            QUERIES["release_stale_claims"], self._instance, running, _STALE_CLAIM_SECONDS
+        )
+        if released:
+            log_event(logger, logging.WARNING, "run.claims_released", items=len(released))
+            self.wake()
 
     async def _run_item(
         self, run_id: uuid.UUID, limit_seconds: float, item: asyncpg.Record, local: LocalSync
@@ -551,6 +617,7 @@ class Runner:
         run = self._owned.get(run_id)
         env: Environment | None = None
         started = False
+        unclaim = False
         result: SyncResult | None = None
         try:
             credential = Credential.from_row(item)
@@ -589,8 +656,11 @@ class Runner:
         except asyncio.CancelledError:
             result = local.control.result
             raise
-        except NotFoundError as exc:
-            outcome = f"could not start: {exc}"
+        except DatabaseError:
+            # PostgreSQL went away before the sync had a row: the item is not done, only not
+            # started. Back to pending; the claim loop takes it again once the database is back.
+            unclaim = local.control.sync_id is None
+            outcome = None if unclaim else "could not start: the database went away"
         except StsyncError as exc:
             outcome = f"could not start: {exc}"
         except Exception as exc:
@@ -598,20 +668,31 @@ class Runner:
             outcome = f"unexpected: {type(exc).__name__}: {exc}"
         finally:
             self._local.pop(key, None)
+            self._slots.release()
             self._freed.add(run_id)
             self.wake()  # the slot is free: claim the next item while this one is booked
             if started and env is not None:
                 self._record(result or local.control.result, env, data_type)
             with contextlib.suppress(*DB_ERRORS):
-                await asyncio.shield(
-                    self._pool.execute(
-                        QUERIES["finish_item"],
-                        run_id,
-                        item["credential_id"],
-                        item["data_type"],
-                        outcome,
+                if unclaim:
+                    await asyncio.shield(
+                        self._pool.execute(
+                            QUERIES["unclaim_item"],
+                            run_id,
+                            item["credential_id"],
+                            item["data_type"],
+                        )
                     )
-                )
+                else:
+                    await asyncio.shield(
+                        self._pool.execute(
+                            QUERIES["finish_item"],
+                            run_id,
+                            item["credential_id"],
+                            item["data_type"],
+                            outcome,
+                        )
+                    )
             if run is not None:
                 run.changed.set()
             else:
@@ -686,30 +767,42 @@ class Runner:
     # -- supervising a run ------------------------------------------------------------------
 
     async def _supervise(self, run: Run) -> RunSummary:
+        """Wait for every item of the run, publishing syncs as they finish, then write its summary.
+
+        PostgreSQL going away does not end it: it polls again with backoff until the database is
+        back and the run's items are done, so a run never stays `running` while its owner lives.
+        """
         clock0 = time.monotonic()
         published: set[uuid.UUID] = set()
+        failures = 0
         try:
-            while True:
-                await self._publish_finished(run, published)
-                if run.stop_waiting:
-                    break
-                progress = await self._pool.fetchrow(QUERIES["run_progress"], run.id)
-                if progress is None or progress["open"] == 0:
+            while not run.stop_waiting:
+                try:
                     await self._publish_finished(run, published)
+                    progress = await self._pool.fetchrow(QUERIES["run_progress"], run.id)
+                except DB_ERRORS as exc:
+                    failures += 1
+                    log_event(
+                        logger,
+                        logging.WARNING,
+                        "run.supervise_failed",
+                        run_id=run.id,
+                        attempt=failures,
+                        error=describe_db_error(exc),
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(run.changed.wait(), outage_delay(failures))
+                    run.changed.clear()
+                    continue
+                failures = 0
+                if progress is None or progress["open"] == 0:
+                    with contextlib.suppress(*DB_ERRORS):
+                        await self._publish_finished(run, published)
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(run.changed.wait(), _SUPERVISE_POLL_SECONDS)
                 run.changed.clear()
         except asyncio.CancelledError:
-            run.cancel_status = run.cancel_status or SyncStatus.INTERRUPTED
-        except DB_ERRORS as exc:
-            log_event(
-                logger,
-                logging.ERROR,
-                "run.supervise_failed",
-                run_id=run.id,
-                error=describe_db_error(exc),
-            )
             run.cancel_status = run.cancel_status or SyncStatus.INTERRUPTED
         summary = await self.finalize(
             run.id,
@@ -725,6 +818,29 @@ class Runner:
             queue.put_nowait(None)
         self._owned.pop(run.id, None)
         return summary
+
+    async def _persist(
+        self, event: str, run_id: uuid.UUID, attempt: Callable[[], Awaitable[T]]
+    ) -> T | None:
+        """Retry `attempt` until PostgreSQL takes it; while stopping, give up after two tries (the
+        next start, or another instance's sweep, settles what is left)."""
+        failures = 0
+        while True:
+            try:
+                return await attempt()
+            except DB_ERRORS as exc:
+                failures += 1
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    event,
+                    run_id=run_id,
+                    attempt=failures,
+                    error=describe_db_error(exc),
+                )
+                if not self._accepting and failures >= 2:
+                    return None
+                await asyncio.sleep(outage_delay(failures))
 
     async def _publish_finished(self, run: Run, published: set[uuid.UUID]) -> None:
         for row in await self._pool.fetch(QUERIES["finished_syncs_of_run"], run.id):
@@ -749,36 +865,31 @@ class Runner:
         cancel_status: SyncStatus | None,
     ) -> RunSummary:
         """Write a run's summary from the sync log (every instance's syncs) and close it."""
-        syncs: list[SyncView] = []
         skipped = list(skipped)
-        unexpected = False
-        total_credentials = 0
-        try:
-            total_credentials = await self._pool.fetchval(QUERIES["run_credentials"], run_id)
-            syncs = [
+
+        async def read() -> tuple[int, list[SyncView], list[SkippedView]]:
+            total = await self._pool.fetchval(QUERIES["run_credentials"], run_id)
+            finished = [
                 sync_view_from_row(r)
                 for r in await self._pool.fetch(QUERIES["finished_syncs_of_run"], run_id)
             ]
-            for row in await self._pool.fetch(QUERIES["run_item_outcomes"], run_id):
-                unexpected = unexpected or row["outcome"].startswith("unexpected")
-                skipped.append(
-                    {
-                        "credential_id": str(row["credential_id"]),
-                        "company_id": row["company_id"],
-                        "company": row["company_name"],
-                        "environment": row["environment"],
-                        "data_type": row["data_type"],
-                        "reason": row["outcome"],
-                    }
-                )
-        except DB_ERRORS as exc:
-            log_event(
-                logger,
-                logging.ERROR,
-                "run.summary_failed",
-                run_id=run_id,
-                error=describe_db_error(exc),
-            )
+            outcomes: list[SkippedView] = [
+                {
+                    "credential_id": str(row["credential_id"]),
+                    "company_id": row["company_id"],
+                    "company": row["company_name"],
+                    "environment": row["environment"],
+                    "data_type": row["data_type"],
+                    "reason": row["outcome"],
+                }
+                for row in await self._pool.fetch(QUERIES["run_item_outcomes"], run_id)
+            ]
+            return total, finished, outcomes
+
+        found = await self._persist("run.summary_failed", run_id, read)
+        total_credentials, syncs, outcomes = found if found is not None else (0, [], [])
+        skipped += outcomes
+        unexpected = any(o["reason"].startswith("unexpected") for o in outcomes)
         unexpected = unexpected or any(
             s["status"] == SyncStatus.FAILED and s["error_category"] == ErrorCategory.UNEXPECTED
             for s in syncs
@@ -809,17 +920,12 @@ class Runner:
             "syncs": syncs,
             "skipped": skipped,
         }
-        try:
-            await self._pool.execute(
-                QUERIES["finish_run"],
-                run_id,
-                status,
-                orjson.dumps({k: v for k, v in summary.items() if k != "syncs"}),
-            )
-        except DB_ERRORS as exc:
-            log_event(
-                logger, logging.ERROR, "run.unrecorded", run_id=run_id, error=describe_db_error(exc)
-            )
+        document = orjson.dumps({k: v for k, v in summary.items() if k != "syncs"})
+        await self._persist(
+            "run.unrecorded",
+            run_id,
+            lambda: self._pool.execute(QUERIES["finish_run"], run_id, status, document),
+        )
         self._metrics.run_finished(action, trigger, status)
         log_event(
             logger,

@@ -16,6 +16,7 @@ from apscheduler.events import (
     JobSubmissionEvent,
 )
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING, STATE_STOPPED
 from apscheduler.triggers.cron import CronTrigger
 
 from ..config import ScheduleConfig
@@ -27,6 +28,8 @@ from ..metrics import Metrics
 logger = logging.getLogger(__name__)
 
 Action = Callable[[ScheduleConfig, datetime], Awaitable[str]]
+# How long past its misfire grace a tick may be overdue before the scheduler counts as stalled.
+_STALL_SLACK_SECONDS = 60.0
 
 
 class TickSkipped(Exception):
@@ -68,6 +71,7 @@ class Scheduler:
         }
         self._disabled = [s for s in schedules if not s.enabled]
         self._scheduler: AsyncIOScheduler | None = None
+        self._stopping = False
         metrics.schedules_configured(self._states)
 
     def start(self) -> None:
@@ -88,12 +92,42 @@ class Scheduler:
         self._refresh_next_fire()
 
     def pause(self) -> None:
+        self._stopping = True
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.pause()
 
     def shutdown(self) -> None:
+        self._stopping = True
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+
+    def check(self, now: datetime | None = None) -> None:
+        """Raise when APScheduler no longer fires: stopped, paused, or a tick long overdue."""
+        scheduler = self._scheduler
+        if scheduler is None or self._stopping:
+            return
+        if scheduler.state != STATE_RUNNING:
+            raise RuntimeError(f"APScheduler is not running (state {scheduler.state})")
+        now = now or datetime.now(UTC)
+        late = timedelta(seconds=self._grace + _STALL_SLACK_SECONDS)
+        for job in scheduler.get_jobs():
+            if job.next_run_time is not None and job.next_run_time < now - late:
+                raise RuntimeError(
+                    f"schedule {job.id} should have fired at {job.next_run_time.isoformat()}"
+                )
+
+    def revive(self) -> None:
+        """After `check` failed: start, resume or wake APScheduler, whichever it needs."""
+        scheduler = self._scheduler
+        if scheduler is None or self._stopping:
+            return
+        if scheduler.state == STATE_STOPPED:
+            self._scheduler = None
+            self.start()
+        elif scheduler.state == STATE_PAUSED:
+            scheduler.resume()
+        else:
+            scheduler.wakeup()
 
     def _on_event(self, event: JobEvent | JobSubmissionEvent) -> None:
         # Called synchronously by APScheduler; never await here.

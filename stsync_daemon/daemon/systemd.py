@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..logs import log_event
 
@@ -118,8 +118,20 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     return usec / 2 / 1_000_000
 
 
-async def watchdog_loop(notifier: SystemdNotifier, interval: float) -> None:
-    """Ping from the event loop until cancelled: if the loop blocks, pings stop and systemd restarts us."""
+async def watchdog_loop(
+    notifier: SystemdNotifier, interval: float, *, alive: Callable[[], bool] | None = None
+) -> None:
+    """Ping from the event loop until cancelled: if the loop blocks, pings stop and systemd restarts us.
+
+    `alive` False (a background loop failed for good) stops the pings too: the restart it brings
+    is the way back to full work.
+    """
+    warned = False
     while True:
-        notifier.watchdog()
+        if alive is None or alive():
+            notifier.watchdog()
+            warned = False
+        elif not warned:
+            log_event(logger, logging.CRITICAL, "systemd.watchdog_starved")
+            warned = True
         await asyncio.sleep(interval)

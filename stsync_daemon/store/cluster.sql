@@ -69,6 +69,24 @@ RETURNING t.credential_id, t.data_type, t.mode, t.trigger, t.retry_of, t.attempt
           k.status, k.last_error, k.last_error_at, k.schedule_enabled,
           k.app_key_encrypted IS NOT NULL AS has_app_key, k.created_at, k.updated_at;
 
+-- name: unclaim_item
+-- A claimed item whose sync could not start (PostgreSQL went away first): pending again.
+UPDATE stsync.run_items SET status = 'pending', claimed_by = NULL, claimed_at = NULL, sync_id = NULL
+WHERE run_id = $1 AND credential_id = $2 AND data_type = $3 AND status = 'claimed';
+
+-- name: release_stale_claims
+-- Items this instance ($1) claimed a while ago ($3 seconds: a claim being started is left alone)
+-- that run nowhere here ($2: its syncs in flight) and never got a sync row: their return to pending
+-- was lost in an outage.
+UPDATE stsync.run_items AS i SET status = 'pending', claimed_by = NULL, claimed_at = NULL,
+    sync_id = NULL
+WHERE i.status = 'claimed' AND i.claimed_by = $1
+  AND i.claimed_at < now() - make_interval(secs => $3)
+  AND NOT (i.sync_id = ANY($2::uuid[]))
+  AND NOT EXISTS (SELECT 1 FROM stsync.sync_log s WHERE s.id = i.sync_id)
+  AND EXISTS (SELECT 1 FROM stsync.runs r WHERE r.id = i.run_id AND r.status = 'running')
+RETURNING i.run_id;
+
 -- name: finish_item
 UPDATE stsync.run_items SET status = 'done', finished_at = now(), outcome = $4
 WHERE run_id = $1 AND credential_id = $2 AND data_type = $3;

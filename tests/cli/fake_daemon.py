@@ -211,7 +211,7 @@ class FakeDaemon:
     seen: list[Seen] = field(default_factory=list)
     runner: web.AppRunner | None = None
     # Run outcomes: "mixed" (one ok, one failed), "ok", "empty", "broken" (error event, no summary),
-    # "cut" (stream ends early), "slow" (waits before finishing).
+    # "cut" (stream ends early), "slow" (waits before finishing); "degraded": health says so.
     outcome: str = "mixed"
 
     async def start(self) -> FakeDaemon:
@@ -273,15 +273,20 @@ class FakeDaemon:
     # -- handlers ------------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
+        degraded = self.outcome == "degraded"
         body: Health = {
-            "status": "ok",
+            "status": "degraded" if degraded else "ok",
             "version": "0.1.0",
             "instance": "host-1",
             "pid": 4242,
             "uptime_seconds": 3725.0,
-            "database": "ok",
+            "database": "unavailable" if degraded else "ok",
             "running_syncs": 1,
             "running_runs": 1,
+            "problems": (
+                ["PostgreSQL is unreachable; syncs wait until it is back"] if degraded else []
+            ),
+            "loops": {"claims": "ok", "heartbeat": "ok", "scheduler": "ok", "sweep": "ok"},
         }
         return web.json_response(body)
 

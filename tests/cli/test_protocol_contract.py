@@ -112,6 +112,18 @@ async def test_socket_from_the_environment(fake_daemon: FakeDaemon) -> None:
     assert "Uptime:" in result.stdout and "1h 02m" in result.stdout
 
 
+async def test_health_exits_1_unless_the_daemon_can_do_all_of_its_work(
+    fake_daemon: FakeDaemon,
+) -> None:
+    fake_daemon.outcome = "degraded"
+    result = await run_cli(*sock(fake_daemon), "health")
+    assert result.code == 1, result.stderr
+    assert "Status:" in result.stdout and "degraded" in result.stdout
+    assert "PostgreSQL is unreachable" in result.stdout
+    as_json = await run_cli(*sock(fake_daemon), "--json-output", "health")
+    assert as_json.code == 1 and '"problems"' in as_json.stdout
+
+
 # -- process and retry ------------------------------------------------------------------------
 
 

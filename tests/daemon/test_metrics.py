@@ -277,8 +277,8 @@ def test_status_class(status: int | None, expected: str) -> None:
 
 async def test_metrics_server_serves_metrics_and_health() -> None:
     m = exercised()
-    healthy = True
-    runner = await start_metrics_server(m, "127.0.0.1", 0, healthy=lambda: healthy)
+    verdict: tuple[str, list[str]] = ("ok", [])
+    runner = await start_metrics_server(m, "127.0.0.1", 0, verdict=lambda: verdict)
     try:
         host, port = runner.addresses[0][:2]
         async with aiohttp.ClientSession() as session:
@@ -290,8 +290,9 @@ async def test_metrics_server_serves_metrics_and_health() -> None:
             assert "process_cpu_seconds_total" in body
             async with session.get(f"http://{host}:{port}/healthz") as resp:
                 assert resp.status == 200
-            healthy = False
+            verdict = ("unhealthy", ["background loop claims keeps failing"])
             async with session.get(f"http://{host}:{port}/healthz") as resp:
                 assert resp.status == 503
+                assert await resp.text() == "unhealthy\nbackground loop claims keeps failing\n"
     finally:
         await runner.cleanup()
