@@ -309,10 +309,10 @@ class Daemon:
         """Ask PostgreSQL now (bounded), and remember the answer."""
         try:
             await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 5)
-        except _PROBE_ERRORS:
-            self.health.database_ok = False
+        except _PROBE_ERRORS as exc:
+            self.health.database(False, describe_db_error(exc))
         else:
-            self.health.database_ok = True
+            self.health.database(True)
         return self.health.database_ok
 
     async def _heartbeat_loop(self) -> None:
@@ -326,18 +326,9 @@ class Daemon:
                 await self._heartbeat()
                 await self._listen()
             except DB_ERRORS as exc:
-                if self.health.database_ok:
-                    log_event(
-                        logger,
-                        logging.WARNING,
-                        "database.unavailable",
-                        error=describe_db_error(exc),
-                    )
-                self.health.database_ok = False
+                self.health.database(False, describe_db_error(exc))
             else:
-                if not self.health.database_ok:
-                    log_event(logger, logging.INFO, "database.available")
-                self.health.database_ok = True
+                self.health.database(True)
             self.health.beat("heartbeat")
             await asyncio.sleep(every)
 

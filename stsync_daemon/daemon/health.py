@@ -58,7 +58,21 @@ class Health:
         self._restart_seconds = restart_seconds
         self._problems: dict[str, str] = {}
         self.loops: dict[str, LoopState] = {}
-        self.database_ok = True
+        self._database_ok = True
+
+    @property
+    def database_ok(self) -> bool:
+        """Whether PostgreSQL answered the last time anyone asked."""
+        return self._database_ok
+
+    def database(self, ok: bool, error: str | None = None) -> None:
+        """What the last query said; a change is logged once, whoever noticed it."""
+        if ok != self._database_ok:
+            if ok:
+                log_event(logger, logging.INFO, "database.available")
+            else:
+                log_event(logger, logging.WARNING, "database.unavailable", error=error)
+        self._database_ok = ok
 
     # -- problems of the daemon's own configuration (a ProblemReporter for the sync engine) --------
 

@@ -142,7 +142,9 @@ async def test_postgresql_restarting_mid_scheduled_run_then_schedules_alone_reac
         await asyncio.to_thread(own_cluster.stop)
         await asyncio.sleep(1.5)
         status, health = await daemon.request("GET", "/v1/health")
-        assert status == 200 and health["status"] == "degraded" and health["database"] == "unavailable"
+        assert (
+            status == 200 and health["status"] == "degraded" and health["database"] == "unavailable"
+        )
         await asyncio.sleep(3)
         await asyncio.to_thread(own_cluster.start)
         sandbox.set_faults()
