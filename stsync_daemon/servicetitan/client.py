@@ -560,7 +560,10 @@ class ServiceTitanClient:
                 )
 
             reason = "409" if status == 409 else "5xx"
-            raise _Retry(reason, server_failed, status=status)
+            # A 503 (or any of these) may say when to come back; only the header counts here, as
+            # a failure's title is no promise of a delay.
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"), None)
+            raise _Retry(reason, server_failed, retry_after=retry_after, status=status)
         if status == 404:
             advice = (
                 f"check that {access.tenant_id} is the right tenant id for this credential; "
