@@ -242,9 +242,12 @@ class ServiceTitanClient:
         if self._closed:
             raise RuntimeError("ServiceTitanClient is closed")
         if self._session is None:
+            # trust_env: HTTP(S)_PROXY and NO_PROXY apply, as servers behind a proxy need; aiohttp
+            # then also reads ~/.netrc (or $NETRC), which must hold no entry for ServiceTitan hosts.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._config.connections),
                 timeout=self._timeout,
+                trust_env=True,
             )
             self._owns_session = True
         return self._session
