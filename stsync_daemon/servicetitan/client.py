@@ -263,10 +263,12 @@ class ServiceTitanClient:
         params: Mapping[str, str] | None = None,
         data: Mapping[str, str] | None = None,
     ) -> _Response:
-        """One HTTP exchange, body read in full; network failures become a retryable `_Retry`."""
+        """One HTTP exchange, body read in full up to the size cap; network failures become a
+        retryable `_Retry`, a body over the cap a permanent `ApiError`."""
         session = self._ensure_session()
         env = access.environment
         started = self._clock()
+        limit = self._config.max_response_bytes
         try:
             async with session.request(
                 method,
@@ -277,7 +279,12 @@ class ServiceTitanClient:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                body = await resp.read()
+                body = await _read_capped(resp, limit)
+                if body is None:
+                    self._observer.request_finished(
+                        env, endpoint, resp.status, self._clock() - started
+                    )
+                    raise self._too_large(access, endpoint, resp.status, limit)
                 response = _Response(resp.status, resp.reason or "", resp.headers, body)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._observer.request_finished(env, endpoint, None, self._clock() - started)
@@ -583,6 +590,18 @@ class ServiceTitanClient:
             transient=False,
         )
 
+    def _too_large(
+        self, access: CredentialAccess, endpoint: str, status: int, limit: int
+    ) -> ApiError:
+        return ApiError(
+            f"ServiceTitan's answer ({status}) to {_WHAT[endpoint]} ({access.describe()}) is larger "
+            f"than {limit} bytes ({limit / 2**20:.4g} MiB), the limit set by [servicetitan] "
+            "max_response_bytes; it was not read further. Raise the limit if pages this large are "
+            "expected; otherwise a proxy or the API is sending far more than a page.",
+            status=status,
+            transient=False,
+        )
+
     def _malformed(self, access: CredentialAccess, endpoint: str, status: int) -> _Retry:
         what = _WHAT[endpoint]
 
@@ -693,6 +712,29 @@ class TenantClient:
             f"ServiceTitan's answer to {_WHAT[endpoint]} ({self.access.describe()}) does not have "
             f"the expected shape: {problem}. ServiceTitan may have changed its API; report it."
         )
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to hold more than `limit` bytes.
+
+    A declared length over the limit fails before reading. A declared length within it is read in
+    one go (the export's hot path): aiohttp reads no more than it. A body without one, or a
+    compressed one (its length is not the decoded size), is read in chunks and counted as decoded.
+    """
+    length = resp.content_length
+    if length is not None and length > limit:
+        return None
+    encoding = resp.headers.get(aiohttp.hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if length is not None and encoding == "identity":
+        return await resp.read()
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_any():
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _describe_network_error(exc: BaseException, timeout: float) -> str:
