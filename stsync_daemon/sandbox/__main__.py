@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument(
         "--fault-malformed", type=float, default=0.0, metavar="SHARE", help="malformed JSON bodies"
     )
+    faults.add_argument(
+        "--fault-repeat-token",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="exports answering hasMore with the token they were given, and no data",
+    )
     faults.add_argument("--fault-seed", type=int, help="seed of the fault draws (default: --seed)")
     add("--json", action="store_true", help="print the sandbox info as one JSON line when ready")
     add("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -178,6 +185,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
             maintenance_share=args.fault_409,
             drop_share=args.fault_drop,
             malformed_share=args.fault_malformed,
+            repeat_token_share=args.fault_repeat_token,
             latency_ms=args.latency_ms,
             latency_jitter_ms=args.latency_jitter_ms,
             seed=args.fault_seed if args.fault_seed is not None else seed,

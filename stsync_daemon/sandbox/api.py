@@ -221,6 +221,17 @@ async def render_export(
     return body, (page.last if page.has_more else None)
 
 
+def render_repeated_token(dataset: Dataset, query: Mapping[str, str]) -> bytes:
+    """A stuck export: more to come, no data, and the `from` it was given to continue from."""
+    given = query.get("from")
+    try:
+        key = dataset.decode_from(given)
+    except InvalidToken:
+        raise BadRequest("from", INVALID_TOKEN_TITLE, title=INVALID_TOKEN_TITLE) from None
+    token = given or dataset.encode_token(key)
+    return orjson.dumps({"hasMore": True, "continueFrom": token, "data": []})
+
+
 class _Page(NamedTuple):
     ids: list[int]
     has_more: bool
@@ -361,6 +372,8 @@ def api_handler(data_type: DataType, export: bool) -> Handler:
             state.accounting.fault(tenant_id, environment, FaultKind.LATENCY)
             await asyncio.sleep(decision.delay)
         fault = decision.fault
+        if fault is FaultKind.REPEAT_TOKEN and not export:
+            fault = None  # lists have no continuation token to repeat
         if fault is not None:
             state.accounting.fault(tenant_id, environment, fault)
             if fault is FaultKind.RATE_LIMIT:
@@ -376,6 +389,11 @@ def api_handler(data_type: DataType, export: bool) -> Handler:
         dataset = tenant.datasets[data_type]
         next_key: Key | None = None
         try:
+            if fault is FaultKind.REPEAT_TOKEN:
+                return web.Response(
+                    body=render_repeated_token(dataset, request.query),
+                    content_type="application/json",
+                )
             if export:
                 body, next_key = await render_export(state, dataset, request.query)
             else:

@@ -41,6 +41,7 @@ class FaultKind(StrEnum):
     DROP = "drop"
     MALFORMED = "malformed"
     LATENCY = "latency"
+    REPEAT_TOKEN = "repeat_token"
 
 
 class TenantSpec(_Frozen):
@@ -60,6 +61,8 @@ class FaultRule(_Frozen):
 
     Shares are probabilities per request, drawn from `random.Random(seed)`, so a run can be replayed.
     A rule applies to every tenant unless `tenant_id`/`environment`/`data_type` narrow it.
+    `repeat_token_share` only affects exports: `hasMore: true`, no data and the very `from` it was
+    given as `continueFrom` (a token for the start when none was given), as a stuck API would.
     """
 
     tenant_id: int | None = None
@@ -70,6 +73,7 @@ class FaultRule(_Frozen):
     maintenance_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     drop_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     malformed_share: Annotated[float, Field(ge=0, le=1)] = 0.0
+    repeat_token_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     latency_ms: Annotated[float, Field(ge=0, le=600_000)] = 0.0
     latency_jitter_ms: Annotated[float, Field(ge=0, le=600_000)] = 0.0
     seed: int = 0

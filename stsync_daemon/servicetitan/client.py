@@ -60,6 +60,8 @@ _WHAT = {
     "list_invoices": "the invoices list",
 }
 _BAD_CLIENT_ERRORS = {"invalid_client", "unauthorized_client", "invalid_grant"}
+# Answers in a row that say "more" but give back the token they were asked with: the export is stuck.
+_MAX_REPEATED_TOKENS = 3
 _UPDATE_HINT = "update it with `stsyncctl credentials update`"
 
 
@@ -643,13 +645,21 @@ class TenantClient:
         """Follow `continueFrom` while `hasMore`, one page in memory at a time.
 
         An async generator (an `AsyncIterator` with `aclose()`), so a consumer stopping early
-        can close it at once.
+        can close it at once. An API that keeps answering "more" with the token it was asked with
+        would be followed forever: after a few such answers in a row it is an `ApiError`.
         """
         cursor = start
+        repeats = 0
         while True:
             page = await self.fetch_export_page(
                 data_type, cursor, include_recent_changes=include_recent_changes
             )
+            if page.has_more and page.continue_from == cursor:
+                repeats += 1
+                if repeats >= _MAX_REPEATED_TOKENS:
+                    raise self._stuck_error(f"export_{data_type.value}", repeats)
+            else:
+                repeats = 0
             yield page
             if not page.has_more:
                 return
@@ -705,6 +715,17 @@ class TenantClient:
             "list_customers",
             _LIST_PATHS[DataType.CUSTOMERS],
             {"pageSize": "1", "active": "Any"},
+        )
+
+    def _stuck_error(self, endpoint: str, repeats: int) -> ApiError:
+        return ApiError(
+            f"ServiceTitan repeats its continuation token for {_WHAT[endpoint]} "
+            f"({self.access.describe()}): {repeats} answers in a row said there is more but gave "
+            "back the token they were asked with, so the export cannot advance. The sync stopped "
+            "rather than ask again until its timeout; if this persists, report it to ServiceTitan "
+            "support with the time of this sync.",
+            status=200,
+            transient=False,
         )
 
     def _shape_error(self, endpoint: str, problem: str) -> ValidationFailure:

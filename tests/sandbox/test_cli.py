@@ -37,6 +37,7 @@ def test_help_documents_the_options() -> None:
         "--latency-ms",
         "--fault-429",
         "--fault-drop",
+        "--fault-repeat-token",
     ):
         assert option in result.stdout
 

@@ -13,9 +13,10 @@ from pydantic import SecretStr
 
 from stsync_daemon.config import EnvironmentsConfig, EnvironmentURLs, ServiceTitanConfig
 from stsync_daemon.enums import DataType, Environment, ErrorCategory
-from stsync_daemon.errors import InvalidCredentialsError
+from stsync_daemon.errors import ApiError, InvalidCredentialsError
 from stsync_daemon.sandbox import (
     EndpointKind,
+    FaultKind,
     FaultRule,
     Sandbox,
     SandboxConfig,
@@ -279,3 +280,24 @@ async def test_429s_from_a_stricter_server_are_honoured(sandbox: Sandbox) -> Non
     assert any(status == 429 for (_, _, _, status) in counters.requests)
     waits = [seconds for _, seconds, reason in recorder.waits if reason == "429"]
     assert waits and min(waits) >= 1.0
+
+
+async def test_an_export_stuck_on_one_token_fails_instead_of_looping(sandbox: Sandbox) -> None:
+    spec = TENANTS[0]
+    async with ServiceTitanClient(client_config(sandbox)) as st:
+        pages = st.tenant(access_for(spec)).export(DataType.CUSTOMERS, None)
+        first = await anext(pages)
+        assert first.has_more and first.records
+        sandbox.set_faults(FaultRule(repeat_token_share=1.0))
+        stuck = []
+        with pytest.raises(ApiError) as info:
+            async for page in pages:
+                stuck.append(page)
+    assert [(p.has_more, p.records, p.continue_from) for p in stuck] == [
+        (True, [], first.continue_from)
+    ] * 2
+    assert info.value.category is ErrorCategory.API and not info.value.transient
+    assert "repeats its continuation token" in str(info.value)
+    assert "the customers export" in str(info.value)
+    faults = sandbox.counters(spec.tenant_id, spec.environment).faults
+    assert faults[(spec.tenant_id, spec.environment, FaultKind.REPEAT_TOKEN)] == 3
