@@ -34,10 +34,11 @@ from ..errors import (
 from ..logs import log_event
 from .auth import TokenProvider
 from .exceptions import ExportTokenInvalidError
-from .models import CredentialAccess, ExportPage
+from .models import CredentialAccess, ExportPage, UnreadableRecord
 from .observer import ClientObserver, NullObserver
 from .ratelimit import Clock, RateLimiter, Sleep
 from .retry import RetryPolicy, parse_retry_after
+from .salvage import salvage_page
 
 _log = logging.getLogger(__name__)
 
@@ -71,6 +72,15 @@ class _Response:
     reason: str
     headers: Mapping[str, str]
     body: bytes
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A decoded answer, its size, and the export records that could not be decoded."""
+
+    doc: Any
+    nbytes: int
+    unreadable: tuple[UnreadableRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -447,7 +457,7 @@ class ServiceTitanClient:
         params: Mapping[str, str],
         *,
         export: bool = False,
-    ) -> tuple[Any, int]:
+    ) -> _Decoded:
         """GET with token, rate limit and retries; returns the decoded body and its size."""
         access = tenant.access
         url = self._config.environments.urls(access.environment).api_url + path.format(
@@ -455,7 +465,7 @@ class ServiceTitanClient:
         )
         app_key = access.app_key.get_secret_value()
 
-        async def attempt() -> tuple[Any, int]:
+        async def attempt() -> _Decoded:
             # One refresh per attempt on 401: the token may have expired or been revoked early.
             for refreshed in (False, True):
                 token = await tenant._tokens.get(access)
@@ -505,12 +515,27 @@ class ServiceTitanClient:
         limiter: RateLimiter,
         *,
         export: bool,
-    ) -> tuple[Any, int]:
+    ) -> _Decoded:
         if 200 <= resp.status < 300:
             try:
-                return orjson.loads(resp.body), len(resp.body)
+                return _Decoded(orjson.loads(resp.body), len(resp.body))
             except orjson.JSONDecodeError:
-                raise self._malformed(access, endpoint, resp.status) from None
+                salvaged = salvage_page(resp.body) if export else None
+                if salvaged is None:
+                    raise self._malformed(access, endpoint, resp.status) from None
+            doc, unreadable = salvaged
+            log_event(
+                _log,
+                logging.WARNING,
+                "servicetitan.records_unreadable",
+                credential_id=access.credential_id,
+                environment=access.environment.value,
+                endpoint=endpoint,
+                records=len(unreadable),
+                record_ids=[u.record_id for u in unreadable[:10]],
+                reasons=sorted({u.reason for u in unreadable}),
+            )
+            return _Decoded(doc, len(resp.body), unreadable)
         problem = _Problem.parse(resp.body)
         what = _WHAT[endpoint]
         if resp.status == 403:
@@ -673,9 +698,10 @@ class TenantClient:
         if start is not None:
             params["from"] = start
         endpoint = f"export_{data_type.value}"
-        doc, nbytes = await self._client._get_json(
+        decoded = await self._client._get_json(
             self, endpoint, _EXPORT_PATHS[data_type], params, export=True
         )
+        doc = decoded.doc
         if not isinstance(doc, dict):
             raise self._shape_error(endpoint, "the body is not an object")
         records = doc.get("data")
@@ -690,7 +716,11 @@ class TenantClient:
         if has_more and not continue_from:
             raise self._shape_error(endpoint, "'hasMore' is true but 'continueFrom' is empty")
         return ExportPage(
-            records=records, continue_from=continue_from, has_more=has_more, nbytes=nbytes
+            records=records,
+            continue_from=continue_from,
+            has_more=has_more,
+            nbytes=decoded.nbytes,
+            unreadable=decoded.unreadable,
         )
 
     async def count_changed(self, data_type: DataType, since: datetime | None) -> int:
@@ -701,7 +731,7 @@ class TenantClient:
         if data_type is DataType.CUSTOMERS:
             params["active"] = "Any"  # the customers list hides inactive ones by default
         endpoint = f"list_{data_type.value}"
-        doc, _ = await self._client._get_json(self, endpoint, _LIST_PATHS[data_type], params)
+        doc = (await self._client._get_json(self, endpoint, _LIST_PATHS[data_type], params)).doc
         total = doc.get("totalCount") if isinstance(doc, dict) else None
         if not isinstance(total, int) or isinstance(total, bool):
             raise self._shape_error(endpoint, "'totalCount' is missing")
