@@ -11,12 +11,12 @@ from typing import Annotated, Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..enums import DataType, Environment
 from ..errors import ConfigError, NotFoundError
 from .api import STATE_KEY
-from .models import FaultRule, TenantSpec, describe_validation_error
+from .models import FaultRule, PoisonKind, TenantSpec, describe_validation_error
 from .state import SandboxState
 
 INFO_KEY: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("sandbox_info")
@@ -36,6 +36,16 @@ class MutateRequest(_Request):
     deactivate: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     create: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     corrupt: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    poison: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    poison_kind: PoisonKind | None = None
+
+    @model_validator(mode="after")
+    def _kind_with_poison(self) -> MutateRequest:
+        if self.poison and self.poison_kind is None:
+            raise ValueError(
+                "poison_kind (nul, surrogate, bigint or overflow) is required with poison"
+            )
+        return self
 
 
 class InvalidateRequest(_Request):
@@ -130,7 +140,8 @@ async def add_tenant(request: web.Request, state: SandboxState) -> web.Response:
 
 
 async def mutate(request: web.Request, state: SandboxState) -> web.Response:
-    """`POST /_sandbox/mutate` → `{"modified": [ids], "deactivated": [ids], "created": [ids]}`."""
+    """`POST /_sandbox/mutate` → `{"modified", "deactivated", "created", "corrupted", "poisoned"}`,
+    each a list of ids."""
     body = MutateRequest.model_validate(await _body(request))
     result = state.mutate(
         body.tenant_id,
@@ -140,6 +151,8 @@ async def mutate(request: web.Request, state: SandboxState) -> web.Response:
         deactivate=body.deactivate,
         create=body.create,
         corrupt=body.corrupt,
+        poison=body.poison,
+        poison_kind=body.poison_kind,
     )
     return _json(result.model_dump(mode="json"))
 

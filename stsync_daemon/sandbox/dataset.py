@@ -11,6 +11,7 @@ import base64
 import bisect
 import hashlib
 import random
+import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import orjson
 
 from ..enums import DataType, Environment
 from .clock import TICKS_PER_MS, TICKS_PER_SECOND, format_ticks, parse_datetime
+from .models import PoisonKind
 from .records import (
     CUSTOMER_ID_BASE,
     INVOICE_ID_BASE,
@@ -57,6 +59,7 @@ class Override:
     version: int
     created_ticks: int
     corrupt: bool = False
+    poison: PoisonKind | None = None
 
 
 def salt_for(seed: int, tenant_id: int, data_type: DataType) -> int:
@@ -68,6 +71,29 @@ def salt_for(seed: int, tenant_id: int, data_type: DataType) -> int:
 _ENV_CODE = {Environment.INTEGRATION: 1, Environment.PRODUCTION: 2}
 _TYPE_CODE = {DataType.CUSTOMERS: 1, DataType.INVOICES: 2}
 _TOKEN = struct.Struct(">BBBqqqI")
+
+# Poison goes into one string field (after its first character) or replaces one numeric field's
+# value, as text: no JSON encoder writes these, which is the point.
+_POISON_STRING = {DataType.CUSTOMERS: '"name":"', DataType.INVOICES: '"summary":"'}
+_POISON_NUMBER = {
+    DataType.CUSTOMERS: re.compile(r'("creditLimit":)(?:null|[-+.0-9eE]+)'),
+    DataType.INVOICES: re.compile(r'("taxRate":)(?:null|[-+.0-9eE]+)'),
+}
+_POISON_TEXT = {
+    PoisonKind.NUL: "\\u0000",
+    PoisonKind.SURROGATE: "\\ud800",
+    PoisonKind.BIGINT: "92233720368547758070",
+    PoisonKind.OVERFLOW: "1e999999",
+}
+
+
+def poison_json(text: str, data_type: DataType, kind: PoisonKind) -> str:
+    """A record's JSON text with the poison of `kind` written into it."""
+    poison = _POISON_TEXT[kind]
+    if kind in (PoisonKind.NUL, PoisonKind.SURROGATE):
+        at = text.index(_POISON_STRING[data_type]) + len(_POISON_STRING[data_type]) + 1
+        return text[:at] + poison + text[at:]
+    return _POISON_NUMBER[data_type].sub(lambda m: m.group(1) + poison, text, count=1)
 
 
 class Dataset:
@@ -157,6 +183,8 @@ class Dataset:
             record = orjson.loads(self._render_valid(record_id))
             record["modifiedOn"] = "not a date"
             return orjson.dumps(record).decode()
+        if override is not None and override.poison is not None:
+            return poison_json(self._render_valid(record_id), self.data_type, override.poison)
         return self._render_valid(record_id)
 
     def _render_valid(self, record_id: int) -> str:
@@ -207,8 +235,11 @@ class Dataset:
         return out
 
     def render(self, record_id: int) -> dict[str, Any]:
-        """The record as served now."""
-        record: dict[str, Any] = orjson.loads(self.render_json(record_id))
+        """The record as served now; one poisoned beyond what JSON can decode, as it was before."""
+        try:
+            record: dict[str, Any] = orjson.loads(self.render_json(record_id))
+        except orjson.JSONDecodeError:
+            record = orjson.loads(self._render_valid(record_id))
         return record
 
     # --- export order --------------------------------------------------------------------------
@@ -384,6 +415,20 @@ class Dataset:
             record_id = self._random_id()
             self._log(record_id, self.state(record_id)[1])
             self.overrides[record_id].corrupt = True
+            ids.append(record_id)
+        return ids
+
+    def poison(self, count: int, kind: PoisonKind) -> list[int]:
+        """Serve `count` distinct random records with the poison of `kind` in one field from now on.
+
+        Each gets a new modifiedOn; a later change of the record serves it clean again ("fixed
+        upstream"). The truth counts each like any record.
+        """
+        ids: list[int] = []
+        for index in self._rng.sample(range(self.total), min(count, self.total)):
+            record_id = self.id_at(index)
+            self._log(record_id, self.state(record_id)[1])
+            self.overrides[record_id].poison = PoisonKind(kind)
             ids.append(record_id)
         return ids
 

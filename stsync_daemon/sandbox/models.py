@@ -44,6 +44,15 @@ class FaultKind(StrEnum):
     REPEAT_TOKEN = "repeat_token"
 
 
+class PoisonKind(StrEnum):
+    """Text a JSON decoder may refuse or mangle, served in one field of a poisoned record."""
+
+    NUL = "nul"  # a `\u0000` escape in the customer's name (invoice: summary)
+    SURROGATE = "surrogate"  # a lone `\ud800` escape there: orjson refuses it
+    BIGINT = "bigint"  # an integer beyond int64 in a numeric field: orjson reads a float
+    OVERFLOW = "overflow"  # `1e999999` in a numeric field: beyond double range, orjson refuses it
+
+
 class TenantSpec(_Frozen):
     """One tenant connected to the app in one environment, with its credential and data sizes."""
 
@@ -116,6 +125,7 @@ class MutationResult(_Frozen):
     deactivated: tuple[int, ...] = ()
     created: tuple[int, ...] = ()
     corrupted: tuple[int, ...] = ()
+    poisoned: tuple[int, ...] = ()
 
 
 class Truth(_Frozen):

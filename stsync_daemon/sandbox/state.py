@@ -18,7 +18,7 @@ from .clock import TICKS_PER_SECOND, now_ticks
 from .dataset import BASE_END, Dataset
 from .faults import FaultInjector
 from .limits import Accounting, RateLimiter
-from .models import FaultRule, MutationResult, SandboxConfig, TenantSpec, Truth
+from .models import FaultRule, MutationResult, PoisonKind, SandboxConfig, TenantSpec, Truth
 
 log = logging.getLogger("stsync.sandbox")
 
@@ -143,16 +143,21 @@ class SandboxState:
         deactivate: int = 0,
         create: int = 0,
         corrupt: int = 0,
+        poison: int = 0,
+        poison_kind: PoisonKind | None = None,
     ) -> MutationResult:
         """Change records now: each change gets a modifiedOn later than any before it."""
-        if min(modify, deactivate, create, corrupt) < 0:
+        if min(modify, deactivate, create, corrupt, poison) < 0:
             raise ConfigError("mutation counts must not be negative")
+        if poison and poison_kind is None:
+            raise ConfigError("poison_kind is required with poison")
         dataset = self.dataset(tenant_id, environment, data_type)
         return MutationResult(
             modified=tuple(dataset.modify(modify)),
             deactivated=tuple(dataset.deactivate(deactivate)),
             created=tuple(dataset.create(create)),
             corrupted=tuple(dataset.corrupt(corrupt)),
+            poisoned=tuple(dataset.poison(poison, poison_kind)) if poison_kind else (),
         )
 
     def truth(self, tenant_id: int, environment: Environment, data_type: DataType) -> Truth:
