@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..enums import DataType, Environment
 from ..errors import ConfigError, NotFoundError
 from .api import STATE_KEY
-from .models import FaultRule, PoisonKind, TenantSpec, describe_validation_error
+from .models import ExportOrder, FaultRule, PoisonKind, TenantSpec, describe_validation_error
 from .state import SandboxState
 
 INFO_KEY: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("sandbox_info")
@@ -27,7 +27,11 @@ class _Request(BaseModel):
 
 
 class MutateRequest(_Request):
-    """Body of `POST /_sandbox/mutate`."""
+    """Body of `POST /_sandbox/mutate`: how many random records to change in each way.
+
+    `poison` records (distinct) are served with `poison_kind`'s text in one field until changed
+    again, e.g. `{"poison": 2, "poison_kind": "surrogate"}` (see `PoisonKind`).
+    """
 
     tenant_id: int
     environment: Environment
@@ -71,13 +75,19 @@ class FaultsRequest(_Request):
 
 
 class SettingsRequest(_Request):
-    """Body of `PUT /_sandbox/settings`: only the keys given change."""
+    """Body of `PUT /_sandbox/settings`: only the keys given change.
+
+    `export_token_ttl_seconds`: continuation tokens older than this get the invalid-token 400
+    (0: never, the default). `export_order`: `"modified"` or `"unsorted"` (see `ExportOrder`).
+    """
 
     mutations_per_second: Annotated[float, Field(ge=0, le=100_000)] | None = None
     visibility_delay_seconds: Annotated[float, Field(ge=0)] | None = None
     export_page_size: Annotated[int, Field(ge=1, le=5000)] | None = None
     rate_limit_per_second: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     token_ttl_seconds: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    export_token_ttl_seconds: Annotated[float, Field(ge=0, le=10 * 365 * 86_400)] | None = None
+    export_order: ExportOrder | None = None
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -119,6 +129,8 @@ def settings_json(state: SandboxState) -> dict[str, Any]:
         "export_page_size": state.export_page_size,
         "rate_limit_per_second": state.limiter.per_second,
         "token_ttl_seconds": state.tokens.ttl_seconds,
+        "export_token_ttl_seconds": state.export_token_ttl_seconds,
+        "export_order": state.export_order,
     }
 
 

@@ -44,6 +44,13 @@ class FaultKind(StrEnum):
     REPEAT_TOKEN = "repeat_token"
 
 
+class ExportOrder(StrEnum):
+    """How the export orders records: ServiceTitan "usually" sorts by modification date."""
+
+    MODIFIED = "modified"  # by (modifiedOn, id): base records, then changes as they happen
+    UNSORTED = "unsorted"  # base records by id with modifiedOn not increasing, then changes
+
+
 class PoisonKind(StrEnum):
     """Text a JSON decoder may refuse or mangle, served in one field of a poisoned record."""
 
@@ -103,6 +110,9 @@ class SandboxConfig(_Frozen):
     visibility_delay_seconds: Annotated[float, Field(ge=0)] = 0.0
     mutations_per_second: Annotated[float, Field(ge=0, le=100_000)] = 0.0
     page_cache_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    # Continuation tokens older than this are refused like invalidated ones; None: never.
+    export_token_ttl_seconds: Annotated[float, Field(gt=0, le=10 * 365 * 86_400)] | None = None
+    export_order: ExportOrder = ExportOrder.MODIFIED
 
     @model_validator(mode="after")
     def _unique(self) -> SandboxConfig:

@@ -344,3 +344,30 @@ async def test_poisoned_records_are_set_apart_and_the_rest_synced(sandbox: Sandb
             assert "\x00" in records[record_id]["name"]
         elif kind is PoisonKind.BIGINT:  # read as a float: orjson's choice, left as it is
             assert records[record_id]["creditLimit"] == pytest.approx(9.223372036854776e19)
+
+
+async def test_an_unsorted_export_is_synced_whole(sandbox: Sandbox) -> None:
+    sandbox.update_settings(export_order="unsorted")
+    async with ServiceTitanClient(client_config(sandbox)) as st:
+        for spec in TENANTS:
+            tenant = st.tenant(access_for(spec))
+            records, token, _ = await export_all(tenant, DataType.INVOICES)
+            truth = sandbox.truth(spec.tenant_id, spec.environment, DataType.INVOICES)
+            assert len(records) == truth.count and digest(records) == truth.digest
+            changed = await sandbox.mutate(
+                spec.tenant_id, spec.environment, DataType.INVOICES, modify=3, create=2
+            )
+            delta, _, _ = await export_all(tenant, DataType.INVOICES, token)
+            assert set(delta) == {*changed.modified, *changed.created}
+
+
+async def test_an_expired_continuation_token_raises_its_own_error(sandbox: Sandbox) -> None:
+    spec = TENANTS[1]
+    sandbox.update_settings(export_token_ttl_seconds=0.3)
+    async with ServiceTitanClient(client_config(sandbox)) as st:
+        tenant = st.tenant(access_for(spec))
+        first = await tenant.fetch_export_page(DataType.CUSTOMERS, None)
+        await asyncio.sleep(0.4)
+        with pytest.raises(ExportTokenInvalidError) as info:
+            await tenant.fetch_export_page(DataType.CUSTOMERS, first.continue_from)
+        assert info.value.status == 400 and not info.value.transient
