@@ -13,6 +13,7 @@ import pytest
 
 from stsync_daemon.enums import DataType
 from stsync_daemon.sandbox import PoisonKind, Sandbox, truth_digest
+from stsync_daemon.sandbox.clock import parse_datetime
 from stsync_daemon.sandbox.dataset import poison_json
 
 from .conftest import CUSTOMERS, INVOICES, PROD, StClient
@@ -55,7 +56,7 @@ async def test_poisoned_records_are_served_with_exactly_that_text(
     text_field, number_field = FIELDS[data_type]
     for record_id, record in changed.items():
         before = clean[record_id]
-        assert record["modifiedOn"] > before["modifiedOn"]
+        assert parse_datetime(record["modifiedOn"]) > parse_datetime(before["modifiedOn"])
         name = before[text_field]
         if kind is PoisonKind.NUL:
             assert record[text_field] == name[0] + "\x00" + name[1:]
@@ -91,9 +92,11 @@ async def test_truth_counts_poisoned_records_with_their_new_modified_on(
     assert truth.count == before.count == len(records) == 120
     assert truth.digest != before.digest
     assert truth.digest == truth_digest((r["id"], r["modifiedOn"], r["active"]) for r in records)
-    assert truth.max_modified_on == max(
-        r["modifiedOn"] for r in records if r["id"] in result.poisoned
+    newest = max(
+        (r for r in records if r["id"] in result.poisoned),
+        key=lambda r: parse_datetime(r["modifiedOn"]),
     )
+    assert truth.max_modified_on == newest["modifiedOn"]
 
 
 async def test_a_later_change_serves_a_poisoned_record_clean_again(
