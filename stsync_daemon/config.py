@@ -90,6 +90,7 @@ class ServiceTitanConfig(_Frozen):
     max_retry_seconds: Annotated[float, Field(gt=0)] = 300.0
     token_refresh_margin_seconds: Annotated[float, Field(ge=0)] = 60.0
     connections: Annotated[int, Field(ge=1, le=1000)] = 100
+    max_response_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024 * 1024
 
     def resolve_app_key(self) -> SecretStr | None:
         """The app key from the config or its file (systemd `LoadCredential`)."""

@@ -102,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RATE",
         help="steady background changes per data set (default: 0)",
     )
+    add(
+        "--export-token-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="refuse continuation tokens older than this, like invalidated ones (default: never)",
+    )
+    add(
+        "--export-order",
+        choices=["modified", "unsorted"],
+        help="export base records by modifiedOn, or by id with modifiedOn not increasing "
+        "(default: modified)",
+    )
     faults = parser.add_argument_group("faults (shares are probabilities per API request, 0..1)")
     faults.add_argument("--latency-ms", type=float, default=0.0, help="added latency per request")
     faults.add_argument("--latency-jitter-ms", type=float, default=0.0, help="extra random latency")
@@ -123,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     faults.add_argument(
         "--fault-malformed", type=float, default=0.0, metavar="SHARE", help="malformed JSON bodies"
+    )
+    faults.add_argument(
+        "--fault-repeat-token",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="exports answering hasMore with the token they were given, and no data",
     )
     faults.add_argument("--fault-seed", type=int, help="seed of the fault draws (default: --seed)")
     add("--json", action="store_true", help="print the sandbox info as one JSON line when ready")
@@ -163,6 +182,8 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         ("page_size", "export_page_size"),
         ("visibility_delay", "visibility_delay_seconds"),
         ("mutations_per_second", "mutations_per_second"),
+        ("export_token_ttl", "export_token_ttl_seconds"),
+        ("export_order", "export_order"),
     ):
         if getattr(args, option) is not None:
             data[key] = getattr(args, option)
@@ -178,6 +199,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
             maintenance_share=args.fault_409,
             drop_share=args.fault_drop,
             malformed_share=args.fault_malformed,
+            repeat_token_share=args.fault_repeat_token,
             latency_ms=args.latency_ms,
             latency_jitter_ms=args.latency_jitter_ms,
             seed=args.fault_seed if args.fault_seed is not None else seed,

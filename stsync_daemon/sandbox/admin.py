@@ -11,12 +11,12 @@ from typing import Annotated, Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..enums import DataType, Environment
 from ..errors import ConfigError, NotFoundError
 from .api import STATE_KEY
-from .models import FaultRule, TenantSpec, describe_validation_error
+from .models import ExportOrder, FaultRule, PoisonKind, TenantSpec, describe_validation_error
 from .state import SandboxState
 
 INFO_KEY: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("sandbox_info")
@@ -27,7 +27,11 @@ class _Request(BaseModel):
 
 
 class MutateRequest(_Request):
-    """Body of `POST /_sandbox/mutate`."""
+    """Body of `POST /_sandbox/mutate`: how many random records to change in each way.
+
+    `poison` records (distinct) are served with `poison_kind`'s text in one field until changed
+    again, e.g. `{"poison": 2, "poison_kind": "surrogate"}` (see `PoisonKind`).
+    """
 
     tenant_id: int
     environment: Environment
@@ -36,6 +40,16 @@ class MutateRequest(_Request):
     deactivate: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     create: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     corrupt: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    poison: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    poison_kind: PoisonKind | None = None
+
+    @model_validator(mode="after")
+    def _kind_with_poison(self) -> MutateRequest:
+        if self.poison and self.poison_kind is None:
+            raise ValueError(
+                "poison_kind (nul, surrogate, bigint or overflow) is required with poison"
+            )
+        return self
 
 
 class InvalidateRequest(_Request):
@@ -61,13 +75,19 @@ class FaultsRequest(_Request):
 
 
 class SettingsRequest(_Request):
-    """Body of `PUT /_sandbox/settings`: only the keys given change."""
+    """Body of `PUT /_sandbox/settings`: only the keys given change.
+
+    `export_token_ttl_seconds`: continuation tokens older than this get the invalid-token 400
+    (0: never, the default). `export_order`: `"modified"` or `"unsorted"` (see `ExportOrder`).
+    """
 
     mutations_per_second: Annotated[float, Field(ge=0, le=100_000)] | None = None
     visibility_delay_seconds: Annotated[float, Field(ge=0)] | None = None
     export_page_size: Annotated[int, Field(ge=1, le=5000)] | None = None
     rate_limit_per_second: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     token_ttl_seconds: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    export_token_ttl_seconds: Annotated[float, Field(ge=0, le=10 * 365 * 86_400)] | None = None
+    export_order: ExportOrder | None = None
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -109,6 +129,8 @@ def settings_json(state: SandboxState) -> dict[str, Any]:
         "export_page_size": state.export_page_size,
         "rate_limit_per_second": state.limiter.per_second,
         "token_ttl_seconds": state.tokens.ttl_seconds,
+        "export_token_ttl_seconds": state.export_token_ttl_seconds,
+        "export_order": state.export_order,
     }
 
 
@@ -130,7 +152,8 @@ async def add_tenant(request: web.Request, state: SandboxState) -> web.Response:
 
 
 async def mutate(request: web.Request, state: SandboxState) -> web.Response:
-    """`POST /_sandbox/mutate` → `{"modified": [ids], "deactivated": [ids], "created": [ids]}`."""
+    """`POST /_sandbox/mutate` → `{"modified", "deactivated", "created", "corrupted", "poisoned"}`,
+    each a list of ids."""
     body = MutateRequest.model_validate(await _body(request))
     result = state.mutate(
         body.tenant_id,
@@ -140,6 +163,8 @@ async def mutate(request: web.Request, state: SandboxState) -> web.Response:
         deactivate=body.deactivate,
         create=body.create,
         corrupt=body.corrupt,
+        poison=body.poison,
+        poison_kind=body.poison_kind,
     )
     return _json(result.model_dump(mode="json"))
 

@@ -19,9 +19,9 @@ from aiohttp import web
 
 from ..enums import DataType, Environment
 from .auth import SCOPE
-from .clock import parse_datetime
+from .clock import now_ticks, parse_datetime
 from .dataset import Dataset, InvalidToken, Key
-from .models import EndpointKind, FaultKind
+from .models import EndpointKind, ExportOrder, FaultKind
 from .state import SandboxState
 
 STATE_KEY: web.AppKey[SandboxState] = web.AppKey("sandbox_state", SandboxState)
@@ -203,13 +203,18 @@ def render_list(dataset: Dataset, query: Mapping[str, str]) -> bytes:
 async def render_export(
     state: SandboxState, dataset: Dataset, query: Mapping[str, str]
 ) -> tuple[bytes, Key | None]:
-    """A page of the export feed after the `from` position, and the next position if there is more."""
+    """A page of the export feed from the `from` position, and the next position worth rendering
+    ahead (None when there is no more, or when tokens expire: their bodies are not cached)."""
     include_recent = bool(_bool(query, "includeRecentChanges"))
+    max_age = state.export_token_max_age()
     try:
-        key = dataset.decode_from(query.get("from"))
+        key = dataset.decode_from(query.get("from"), max_age=max_age)
     except InvalidToken:
         raise BadRequest("from", INVALID_TOKEN_TITLE, title=INVALID_TOKEN_TITLE) from None
     page = _select(state, dataset, key, include_recent)
+    if max_age is not None:
+        # Each token carries the time it is served; a cached body would carry an older one.
+        return _body(dataset, page, dataset.render_page(page.ids), issued=now_ticks()), None
     pending = state.prefetching.get(page.cache_key)
     if pending is not None:
         await asyncio.shield(pending)
@@ -219,6 +224,18 @@ async def render_export(
         body = _body(dataset, page, dataset.render_page(page.ids))
         state.cache.put(page.cache_key, body)
     return body, (page.last if page.has_more else None)
+
+
+def render_repeated_token(state: SandboxState, dataset: Dataset, query: Mapping[str, str]) -> bytes:
+    """A stuck export: more to come, no data, and the `from` it was given to continue from."""
+    given = query.get("from")
+    max_age = state.export_token_max_age()
+    try:
+        key = dataset.decode_from(given, max_age=max_age)
+    except InvalidToken:
+        raise BadRequest("from", INVALID_TOKEN_TITLE, title=INVALID_TOKEN_TITLE) from None
+    token = given or dataset.encode_token(key, issued=0 if max_age is None else now_ticks())
+    return orjson.dumps({"hasMore": True, "continueFrom": token, "data": []})
 
 
 class _Page(NamedTuple):
@@ -232,8 +249,11 @@ class _Page(NamedTuple):
 def _select(state: SandboxState, dataset: Dataset, key: Key, include_recent: bool) -> _Page:
     cutoff = state.visibility_cutoff(include_recent)
     page_size = state.export_page_size
-    ids, has_more = dataset.page_after(key, page_size, cutoff)
-    last = dataset.key_of(ids[-1]) if ids else key
+    if dataset.order is ExportOrder.MODIFIED:
+        ids, has_more = dataset.page_after(key, page_size, cutoff)
+        last = dataset.key_of(ids[-1]) if ids else key
+    else:
+        ids, has_more, last = dataset.page_unsorted(key, page_size, cutoff)
     cache_key = (
         dataset.environment,
         dataset.tenant_id,
@@ -247,11 +267,11 @@ def _select(state: SandboxState, dataset: Dataset, key: Key, include_recent: boo
     return _Page(ids, has_more, last, dataset.generation, cache_key)
 
 
-def _body(dataset: Dataset, page: _Page, parts: list[str]) -> bytes:
+def _body(dataset: Dataset, page: _Page, parts: list[str], issued: int = 0) -> bytes:
     """The page envelope around rendered records; `parts` is consumed (a page body is copied once)."""
     head = (
         f'{{"hasMore":{"true" if page.has_more else "false"},'
-        f'"continueFrom":"{dataset.encode_token(page.last)}","data":['
+        f'"continueFrom":"{dataset.encode_token(page.last, issued)}","data":['
     )
     if not parts:
         return f"{head}]}}".encode()
@@ -361,6 +381,8 @@ def api_handler(data_type: DataType, export: bool) -> Handler:
             state.accounting.fault(tenant_id, environment, FaultKind.LATENCY)
             await asyncio.sleep(decision.delay)
         fault = decision.fault
+        if fault is FaultKind.REPEAT_TOKEN and not export:
+            fault = None  # lists have no continuation token to repeat
         if fault is not None:
             state.accounting.fault(tenant_id, environment, fault)
             if fault is FaultKind.RATE_LIMIT:
@@ -376,6 +398,11 @@ def api_handler(data_type: DataType, export: bool) -> Handler:
         dataset = tenant.datasets[data_type]
         next_key: Key | None = None
         try:
+            if fault is FaultKind.REPEAT_TOKEN:
+                return web.Response(
+                    body=render_repeated_token(state, dataset, request.query),
+                    content_type="application/json",
+                )
             if export:
                 body, next_key = await render_export(state, dataset, request.query)
             else:

@@ -3,6 +3,10 @@
 Order is by (modifiedOn, id). Base records get increasing modifiedOn in id order, and every mutation gets a
 modifiedOn later than anything before it, so the export order is "untouched base records by index, then
 the mutation log" — found by binary search, with no per-record state except the overrides.
+
+In the `unsorted` export order (for fault tests) base records keep their id order but get modifiedOn
+values scrambled within the base period, as an API that does not sort its export would serve them;
+mutations still follow in log order. Positions there are scan positions, found by scanning.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import base64
 import bisect
 import hashlib
 import random
+import re
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -19,7 +24,8 @@ from typing import Any
 import orjson
 
 from ..enums import DataType, Environment
-from .clock import TICKS_PER_MS, TICKS_PER_SECOND, format_ticks, parse_datetime
+from .clock import TICKS_PER_MS, TICKS_PER_SECOND, format_ticks, now_ticks, parse_datetime
+from .models import ExportOrder, PoisonKind
 from .records import (
     CUSTOMER_ID_BASE,
     INVOICE_ID_BASE,
@@ -38,9 +44,12 @@ BASE_START_S = BASE_START // TICKS_PER_SECOND
 _CREATED_LAG_MS = 400 * 86_400 * 1000
 
 Key = tuple[int, int]
-"""A position in export order: (modifiedOn ticks, id); a page starts after a key."""
+"""A position in export order. `modified` order: (modifiedOn ticks, id), a page starts after it.
+`unsorted` order: (scan position, least modifiedOn ticks), a page starts at the position (base
+index, then base count + log index) and skips records modified before the least modifiedOn."""
 
 START_KEY: Key = (-(2**62), -1)
+UNSORTED_START: Key = (0, -(2**62))
 
 
 class InvalidToken(ValueError):
@@ -57,6 +66,7 @@ class Override:
     version: int
     created_ticks: int
     corrupt: bool = False
+    poison: PoisonKind | None = None
 
 
 def salt_for(seed: int, tenant_id: int, data_type: DataType) -> int:
@@ -67,7 +77,34 @@ def salt_for(seed: int, tenant_id: int, data_type: DataType) -> int:
 
 _ENV_CODE = {Environment.INTEGRATION: 1, Environment.PRODUCTION: 2}
 _TYPE_CODE = {DataType.CUSTOMERS: 1, DataType.INVOICES: 2}
-_TOKEN = struct.Struct(">BBBqqqI")
+_ORDER_CODE = {ExportOrder.MODIFIED: 1, ExportOrder.UNSORTED: 2}
+# version, environment, data type, order, tenant, key (2), issued (ticks, 0: before any TTL), epoch
+_TOKEN = struct.Struct(">BBBBqqqqI")
+_TOKEN_VERSION = 2
+_SCRAMBLE = 0x6A09E667F3BCC909
+
+# Poison goes into one string field (after its first character) or replaces one numeric field's
+# value, as text: no JSON encoder writes these, which is the point.
+_POISON_STRING = {DataType.CUSTOMERS: '"name":"', DataType.INVOICES: '"summary":"'}
+_POISON_NUMBER = {
+    DataType.CUSTOMERS: re.compile(r'("creditLimit":)(?:null|[-+.0-9eE]+)'),
+    DataType.INVOICES: re.compile(r'("taxRate":)(?:null|[-+.0-9eE]+)'),
+}
+_POISON_TEXT = {
+    PoisonKind.NUL: "\\u0000",
+    PoisonKind.SURROGATE: "\\ud800",
+    PoisonKind.BIGINT: "92233720368547758070",
+    PoisonKind.OVERFLOW: "1e999999",
+}
+
+
+def poison_json(text: str, data_type: DataType, kind: PoisonKind) -> str:
+    """A record's JSON text with the poison of `kind` written into it."""
+    poison = _POISON_TEXT[kind]
+    if kind in (PoisonKind.NUL, PoisonKind.SURROGATE):
+        at = text.index(_POISON_STRING[data_type]) + len(_POISON_STRING[data_type]) + 1
+        return text[:at] + poison + text[at:]
+    return _POISON_NUMBER[data_type].sub(lambda m: m.group(1) + poison, text, count=1)
 
 
 class Dataset:
@@ -105,6 +142,10 @@ class Dataset:
         self._step_ms = max(1, _SPAN_MS // count) if count else 1
         self._base_digest: int | None = None
         self._base_active_count = 0
+        self._base_max_ticks: int | None = None
+        self.order = ExportOrder.MODIFIED
+        # The generator of base records for the current order (an attribute, not a branch per record).
+        self._base: Callable[[int], tuple[int, bool, int, int]] = self._base_modified
 
     # --- identity of records -------------------------------------------------------------------
 
@@ -125,7 +166,7 @@ class Dataset:
     def _base_ticks(self, index: int) -> int:
         return self._base(index)[0]
 
-    def _base(self, index: int) -> tuple[int, bool, int, int]:
+    def _base_modified(self, index: int) -> tuple[int, bool, int, int]:
         """(modifiedOn ticks, active, createdOn ticks, hash) of a record as generated.
 
         One hash per record gives them all; modifiedOn falls in the record's own slice of the base
@@ -137,6 +178,32 @@ class Dataset:
         ticks = ms * TICKS_PER_MS + ((h >> 40) % TICKS_PER_MS if (h >> 33) & 1 else 0)
         created = max(BASE_START_S, (ms - (h >> 20) % _CREATED_LAG_MS) // 1000) * TICKS_PER_SECOND
         return ticks, (h >> 54) % 1000 >= self._inactive_per_mille, created, h
+
+    def _base_unsorted(self, index: int) -> tuple[int, bool, int, int]:
+        """`_base_modified`, but modifiedOn falls in the slice of a scrambled index, so it does not
+        increase with the index (slices may repeat: ties are harmless)."""
+        h = mix(self._salt ^ index)
+        step = self._step_ms
+        slot = mix(h ^ _SCRAMBLE) % max(1, self.base_count)
+        ms = BASE_START_MS + slot * step + h % step
+        ticks = ms * TICKS_PER_MS + ((h >> 40) % TICKS_PER_MS if (h >> 33) & 1 else 0)
+        created = max(BASE_START_S, (ms - (h >> 20) % _CREATED_LAG_MS) // 1000) * TICKS_PER_SECOND
+        return ticks, (h >> 54) % 1000 >= self._inactive_per_mille, created, h
+
+    def set_order(self, order: ExportOrder) -> None:
+        """Serve the export in `order` from now on.
+
+        Switching changes the base records' modifiedOn (and so the truth), and ends the tokens
+        issued so far: set it before a test exports.
+        """
+        order = ExportOrder(order)
+        if order is self.order:
+            return
+        self.order = order
+        self._base = self._base_modified if order is ExportOrder.MODIFIED else self._base_unsorted
+        self._base_digest = None
+        self._base_max_ticks = None
+        self.invalidate_tokens()
 
     def _base_key(self, index: int) -> Key:
         return (self._base(index)[0], self._id_base + 1 + index)
@@ -157,6 +224,8 @@ class Dataset:
             record = orjson.loads(self._render_valid(record_id))
             record["modifiedOn"] = "not a date"
             return orjson.dumps(record).decode()
+        if override is not None and override.poison is not None:
+            return poison_json(self._render_valid(record_id), self.data_type, override.poison)
         return self._render_valid(record_id)
 
     def _render_valid(self, record_id: int) -> str:
@@ -207,8 +276,11 @@ class Dataset:
         return out
 
     def render(self, record_id: int) -> dict[str, Any]:
-        """The record as served now."""
-        record: dict[str, Any] = orjson.loads(self.render_json(record_id))
+        """The record as served now; one poisoned beyond what JSON can decode, as it was before."""
+        try:
+            record: dict[str, Any] = orjson.loads(self.render_json(record_id))
+        except orjson.JSONDecodeError:
+            record = orjson.loads(self._render_valid(record_id))
         return record
 
     # --- export order --------------------------------------------------------------------------
@@ -249,12 +321,71 @@ class Dataset:
         return out[:limit], len(out) > limit
 
     def key_of(self, record_id: int) -> Key:
-        """The export position of an existing id."""
+        """The export position of an existing id (in `modified` order)."""
         return (self.state(record_id)[0], record_id)
 
-    def iter_by_modified(self, reverse: bool = False) -> Iterator[int]:
-        """Every id in export order (or its reverse)."""
+    def page_unsorted(
+        self, key: Key, limit: int, cutoff: int | None = None
+    ) -> tuple[list[int], bool, Key]:
+        """`page_after` for the `unsorted` order: up to `limit` ids from the key's scan position
+        with modifiedOn at least its least modifiedOn, whether more are visible, and the key to go
+        on from.
+
+        A linear scan (O(n) per page when the filter is selective), fine for the fault tests this
+        order is for, up to some 50,000 records. A record not visible yet stops the page, as in
+        `modified` order, so that nothing after it is skipped for good.
+        """
+        position, since = key
+        out: list[int] = []
+        positions: list[int] = []
+        want = limit + 1
         overrides = self.overrides
+        n = self.base_count
+        base = self._base
+        id_base = self._id_base + 1
+        while position < n and len(out) < want:
+            record_id = id_base + position
+            if record_id not in overrides:
+                ticks = base(position)[0]
+                if ticks >= since:
+                    if cutoff is not None and ticks > cutoff:
+                        return out, False, (position, since)
+                    out.append(record_id)
+                    positions.append(position)
+            position += 1
+        if len(out) < want:
+            log_ticks, log_ids = self.log_ticks, self.log_ids
+            # The log is in modifiedOn order: what is older than `since` is skipped at once.
+            j = max(position - n, bisect.bisect_left(log_ticks, since))
+            while j < len(log_ids) and len(out) < want:
+                if cutoff is not None and log_ticks[j] > cutoff:
+                    return out, False, (n + j, since)
+                record_id = log_ids[j]
+                if overrides[record_id].seq == j:
+                    out.append(record_id)
+                    positions.append(n + j)
+                j += 1
+            position = n + j
+        if len(out) > limit:
+            return out[:limit], True, (positions[limit], since)
+        return out, False, (position, since)
+
+    def iter_by_modified(self, reverse: bool = False) -> Iterator[int]:
+        """Every id in (modifiedOn, id) order (or its reverse)."""
+        overrides = self.overrides
+        if self.order is ExportOrder.UNSORTED:
+            # Base records are not in modifiedOn order here: sort them (a fault-test mode).
+            base = self._base
+            id_base = self._id_base + 1
+            untouched = sorted(
+                (base(index)[0], id_base + index)
+                for index in range(self.base_count)
+                if id_base + index not in overrides
+            )
+            ids = [record_id for _, record_id in untouched]
+            ids += [r for j, r in enumerate(self.log_ids) if overrides[r].seq == j]
+            yield from (reversed(ids) if reverse else ids)
+            return
         if not reverse:
             for index in range(self.base_count):
                 record_id = self._id_base + 1 + index
@@ -280,28 +411,43 @@ class Dataset:
 
     # --- continuation tokens -------------------------------------------------------------------
 
-    def encode_token(self, key: Key) -> str:
-        """An opaque token for "after `key`", bound to this export and its current epoch."""
+    def encode_token(self, key: Key, issued: int = 0) -> str:
+        """An opaque token for `key`, bound to this export, its order and its current epoch.
+
+        `issued` (ticks) lets a token expire; 0 when no expiry is in force, so that a position
+        always gives the same token.
+        """
         raw = _TOKEN.pack(
-            1,
+            _TOKEN_VERSION,
             _ENV_CODE[self.environment],
             _TYPE_CODE[self.data_type],
+            _ORDER_CODE[self.order],
             self.tenant_id,
             key[0],
             key[1],
+            issued,
             self.epoch,
         )
         check = hashlib.blake2b(raw, digest_size=6, key=b"stsync-sandbox").digest()
         return base64.urlsafe_b64encode(raw + check).decode().rstrip("=")
 
-    def decode_from(self, value: str | None) -> Key:
-        """The position a `from` parameter means: start, a date (modifiedOn ≥ it), or a token."""
+    def decode_from(
+        self, value: str | None, *, max_age: int | None = None, now: int | None = None
+    ) -> Key:
+        """The position a `from` parameter means: start, a date (modifiedOn ≥ it), or a token.
+
+        With `max_age` (ticks), a token issued longer ago than that before `now` (default: the
+        current time) is refused, as is one issued while no expiry was in force.
+        """
+        unsorted = self.order is ExportOrder.UNSORTED
         if value is None or value == "":
-            return START_KEY
+            return UNSORTED_START if unsorted else START_KEY
         try:
-            return (parse_datetime(value) - 1, 2**62)
+            since = parse_datetime(value)
         except ValueError:
             pass
+        else:
+            return (0, since) if unsorted else (since - 1, 2**62)
         try:
             blob = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         except ValueError:
@@ -312,16 +458,19 @@ class Dataset:
             or check != hashlib.blake2b(raw, digest_size=6, key=b"stsync-sandbox").digest()
         ):
             raise InvalidToken(value)
-        version, env, kind, tenant, ticks, record_id, epoch = _TOKEN.unpack(raw)
+        version, env, kind, order, tenant, first, second, issued, epoch = _TOKEN.unpack(raw)
         if (
-            version != 1
+            version != _TOKEN_VERSION
             or env != _ENV_CODE[self.environment]
             or kind != _TYPE_CODE[self.data_type]
+            or order != _ORDER_CODE[self.order]
             or tenant != self.tenant_id
             or epoch != self.epoch
         ):
             raise InvalidToken(value)
-        return (ticks, record_id)
+        if max_age is not None and (now_ticks() if now is None else now) - issued > max_age:
+            raise InvalidToken(value)
+        return (first, second)
 
     # --- mutations -----------------------------------------------------------------------------
 
@@ -387,6 +536,20 @@ class Dataset:
             ids.append(record_id)
         return ids
 
+    def poison(self, count: int, kind: PoisonKind) -> list[int]:
+        """Serve `count` distinct random records with the poison of `kind` in one field from now on.
+
+        Each gets a new modifiedOn; a later change of the record serves it clean again ("fixed
+        upstream"). The truth counts each like any record.
+        """
+        ids: list[int] = []
+        for index in self._rng.sample(range(self.total), min(count, self.total)):
+            record_id = self.id_at(index)
+            self._log(record_id, self.state(record_id)[1])
+            self.overrides[record_id].poison = PoisonKind(kind)
+            ids.append(record_id)
+        return ids
+
     def touch(self, record_id: int, active: bool | None = None) -> None:
         """Change one given record (new version and modifiedOn; `active` if given)."""
         if self.index_of(record_id) is None:
@@ -421,12 +584,15 @@ class Dataset:
         if self._base_digest is None:
             hashes = []
             active = 0
+            latest: int | None = None
             for index in range(self.base_count):
                 ticks, is_active, _, _ = self._base(index)
                 active += is_active
                 hashes.append(row_hash(self.id_at(index), format_ticks(ticks), is_active))
+                latest = ticks if latest is None else max(latest, ticks)
             self._base_digest = combine(hashes)
             self._base_active_count = active
+            self._base_max_ticks = latest
         total = self._base_digest
         active = self._base_active_count
         for record_id, override in self.overrides.items():
@@ -439,10 +605,8 @@ class Dataset:
             active += override.active
         if self.log_ticks:
             max_ticks: int | None = self.log_ticks[-1]
-        elif self.base_count:
-            max_ticks = self._base_ticks(self.base_count - 1)
         else:
-            max_ticks = None
+            max_ticks = self._base_max_ticks
         return (
             self.total,
             active,

@@ -56,6 +56,7 @@ class FaultInjector:
                 (rule.maintenance_share, FaultKind.MAINTENANCE),
                 (rule.drop_share, FaultKind.DROP),
                 (rule.malformed_share, FaultKind.MALFORMED),
+                (rule.repeat_token_share, FaultKind.REPEAT_TOKEN),
             ):
                 edge += share
                 if draw < edge:

@@ -41,6 +41,23 @@ class FaultKind(StrEnum):
     DROP = "drop"
     MALFORMED = "malformed"
     LATENCY = "latency"
+    REPEAT_TOKEN = "repeat_token"
+
+
+class ExportOrder(StrEnum):
+    """How the export orders records: ServiceTitan "usually" sorts by modification date."""
+
+    MODIFIED = "modified"  # by (modifiedOn, id): base records, then changes as they happen
+    UNSORTED = "unsorted"  # base records by id with modifiedOn not increasing, then changes
+
+
+class PoisonKind(StrEnum):
+    """Text a JSON decoder may refuse or mangle, served in one field of a poisoned record."""
+
+    NUL = "nul"  # a `\u0000` escape in the customer's name (invoice: summary)
+    SURROGATE = "surrogate"  # a lone `\ud800` escape there: orjson refuses it
+    BIGINT = "bigint"  # an integer beyond int64 in a numeric field: orjson reads a float
+    OVERFLOW = "overflow"  # `1e999999` in a numeric field: beyond double range, orjson refuses it
 
 
 class TenantSpec(_Frozen):
@@ -60,6 +77,8 @@ class FaultRule(_Frozen):
 
     Shares are probabilities per request, drawn from `random.Random(seed)`, so a run can be replayed.
     A rule applies to every tenant unless `tenant_id`/`environment`/`data_type` narrow it.
+    `repeat_token_share` only affects exports: `hasMore: true`, no data and the very `from` it was
+    given as `continueFrom` (a token for the start when none was given), as a stuck API would.
     """
 
     tenant_id: int | None = None
@@ -70,6 +89,7 @@ class FaultRule(_Frozen):
     maintenance_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     drop_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     malformed_share: Annotated[float, Field(ge=0, le=1)] = 0.0
+    repeat_token_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     latency_ms: Annotated[float, Field(ge=0, le=600_000)] = 0.0
     latency_jitter_ms: Annotated[float, Field(ge=0, le=600_000)] = 0.0
     seed: int = 0
@@ -90,6 +110,9 @@ class SandboxConfig(_Frozen):
     visibility_delay_seconds: Annotated[float, Field(ge=0)] = 0.0
     mutations_per_second: Annotated[float, Field(ge=0, le=100_000)] = 0.0
     page_cache_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    # Continuation tokens older than this are refused like invalidated ones; None: never.
+    export_token_ttl_seconds: Annotated[float, Field(gt=0, le=10 * 365 * 86_400)] | None = None
+    export_order: ExportOrder = ExportOrder.MODIFIED
 
     @model_validator(mode="after")
     def _unique(self) -> SandboxConfig:
@@ -112,6 +135,7 @@ class MutationResult(_Frozen):
     deactivated: tuple[int, ...] = ()
     created: tuple[int, ...] = ()
     corrupted: tuple[int, ...] = ()
+    poisoned: tuple[int, ...] = ()
 
 
 class Truth(_Frozen):

@@ -12,7 +12,15 @@ from aiohttp import web
 
 from ..enums import DataType, Environment
 from . import admin, api
-from .models import Counters, FaultRule, MutationResult, SandboxConfig, TenantSpec, Truth
+from .models import (
+    Counters,
+    FaultRule,
+    MutationResult,
+    PoisonKind,
+    SandboxConfig,
+    TenantSpec,
+    Truth,
+)
 from .state import SandboxState
 
 
@@ -138,8 +146,11 @@ class Sandbox:
         deactivate: int = 0,
         create: int = 0,
         corrupt: int = 0,
+        poison: int = 0,
+        poison_kind: PoisonKind | None = None,
     ) -> MutationResult:
-        """Modify, deactivate, create (or corrupt) records now, modifiedOn later than any before."""
+        """Modify, deactivate, create (or corrupt, or poison) records now, modifiedOn later than
+        any before."""
         return self.state.mutate(
             tenant_id,
             environment,
@@ -148,6 +159,8 @@ class Sandbox:
             deactivate=deactivate,
             create=create,
             corrupt=corrupt,
+            poison=poison,
+            poison_kind=poison_kind,
         )
 
     def truth(self, tenant_id: int, environment: Environment, data_type: DataType) -> Truth:

@@ -18,7 +18,15 @@ from .clock import TICKS_PER_SECOND, now_ticks
 from .dataset import BASE_END, Dataset
 from .faults import FaultInjector
 from .limits import Accounting, RateLimiter
-from .models import FaultRule, MutationResult, SandboxConfig, TenantSpec, Truth
+from .models import (
+    ExportOrder,
+    FaultRule,
+    MutationResult,
+    PoisonKind,
+    SandboxConfig,
+    TenantSpec,
+    Truth,
+)
 
 log = logging.getLogger("stsync.sandbox")
 
@@ -28,7 +36,7 @@ MAX_TRUTH_RECORDS = 20_000
 class TenantState:
     """One tenant in one environment: its spec and its two data sets sharing one clock."""
 
-    def __init__(self, spec: TenantSpec) -> None:
+    def __init__(self, spec: TenantSpec, order: ExportOrder = ExportOrder.MODIFIED) -> None:
         self.spec = spec
         self._last_tick = BASE_END
         self.datasets = {
@@ -50,6 +58,8 @@ class TenantState:
                 clock=self._tick,
             ),
         }
+        for dataset in self.datasets.values():
+            dataset.set_order(order)
 
     def _tick(self) -> int:
         # Later than anything before it, so a mutation always lands after every issued position.
@@ -99,6 +109,8 @@ class SandboxState:
         self.export_page_size = config.export_page_size
         self.visibility_delay_seconds = config.visibility_delay_seconds
         self.mutations_per_second = config.mutations_per_second
+        self.export_token_ttl_seconds = config.export_token_ttl_seconds
+        self.export_order = config.export_order
         self.tenants: dict[tuple[Environment, int], TenantState] = {}
         for spec in config.tenants:
             self.add_tenant(spec)
@@ -111,7 +123,7 @@ class SandboxState:
             raise ConfigError(f"tenant {spec.tenant_id} already exists in {spec.environment}")
         if (spec.environment, spec.client_id) in self.tokens.credentials:
             raise ConfigError(f"client id already used in {spec.environment}")
-        self.tenants[(spec.environment, spec.tenant_id)] = TenantState(spec)
+        self.tenants[(spec.environment, spec.tenant_id)] = TenantState(spec, self.export_order)
         self.tokens.add(
             Credential(spec.environment, spec.client_id, spec.client_secret, spec.tenant_id)
         )
@@ -143,16 +155,21 @@ class SandboxState:
         deactivate: int = 0,
         create: int = 0,
         corrupt: int = 0,
+        poison: int = 0,
+        poison_kind: PoisonKind | None = None,
     ) -> MutationResult:
         """Change records now: each change gets a modifiedOn later than any before it."""
-        if min(modify, deactivate, create, corrupt) < 0:
+        if min(modify, deactivate, create, corrupt, poison) < 0:
             raise ConfigError("mutation counts must not be negative")
+        if poison and poison_kind is None:
+            raise ConfigError("poison_kind is required with poison")
         dataset = self.dataset(tenant_id, environment, data_type)
         return MutationResult(
             modified=tuple(dataset.modify(modify)),
             deactivated=tuple(dataset.deactivate(deactivate)),
             created=tuple(dataset.create(create)),
             corrupted=tuple(dataset.corrupt(corrupt)),
+            poisoned=tuple(dataset.poison(poison, poison_kind)) if poison_kind else (),
         )
 
     def truth(self, tenant_id: int, environment: Environment, data_type: DataType) -> Truth:
@@ -181,6 +198,11 @@ class SandboxState:
         for kind, dataset in tenant.datasets.items():
             if data_type is None or kind is DataType(data_type):
                 dataset.invalidate_tokens()
+
+    def export_token_max_age(self) -> int | None:
+        """How old (ticks) a continuation token may be, or None when tokens never expire."""
+        ttl = self.export_token_ttl_seconds
+        return None if ttl is None else int(ttl * TICKS_PER_SECOND)
 
     def visibility_cutoff(self, include_recent: bool) -> int | None:
         """Newest modifiedOn an export may show, or None when changes are visible at once."""
@@ -236,8 +258,14 @@ class SandboxState:
         export_page_size: int | None = None,
         rate_limit_per_second: int | None = None,
         token_ttl_seconds: float | None = None,
+        export_token_ttl_seconds: float | None = None,
+        export_order: ExportOrder | None = None,
     ) -> None:
-        """Change run-time knobs; None leaves one as it is."""
+        """Change run-time knobs; None leaves one as it is.
+
+        `export_token_ttl_seconds=0` makes continuation tokens last forever again. A new
+        `export_order` changes the base records' modifiedOn and ends every token issued so far.
+        """
         if mutations_per_second is not None:
             self.mutations_per_second = mutations_per_second
         if visibility_delay_seconds is not None:
@@ -248,3 +276,10 @@ class SandboxState:
             self.limiter.per_second = rate_limit_per_second
         if token_ttl_seconds is not None:
             self.tokens.ttl_seconds = token_ttl_seconds
+        if export_token_ttl_seconds is not None:
+            self.export_token_ttl_seconds = export_token_ttl_seconds or None
+        if export_order is not None:
+            self.export_order = ExportOrder(export_order)
+            for tenant in self.tenants.values():
+                for dataset in tenant.datasets.values():
+                    dataset.set_order(self.export_order)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .client import ServiceTitanClient, TenantClient
 from .exceptions import ExportTokenInvalidError
-from .models import CredentialAccess, ExportPage
+from .models import CredentialAccess, ExportPage, UnreadableRecord
 from .observer import ClientObserver, NullObserver
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "NullObserver",
     "ServiceTitanClient",
     "TenantClient",
+    "UnreadableRecord",
 ]

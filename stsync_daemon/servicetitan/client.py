@@ -34,10 +34,11 @@ from ..errors import (
 from ..logs import log_event
 from .auth import TokenProvider
 from .exceptions import ExportTokenInvalidError
-from .models import CredentialAccess, ExportPage
+from .models import CredentialAccess, ExportPage, UnreadableRecord
 from .observer import ClientObserver, NullObserver
 from .ratelimit import Clock, RateLimiter, Sleep
 from .retry import RetryPolicy, parse_retry_after
+from .salvage import salvage_page
 
 _log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ _WHAT = {
     "list_invoices": "the invoices list",
 }
 _BAD_CLIENT_ERRORS = {"invalid_client", "unauthorized_client", "invalid_grant"}
+# Answers in a row that say "more" but give back the token they were asked with: the export is stuck.
+_MAX_REPEATED_TOKENS = 3
 _UPDATE_HINT = "update it with `stsyncctl credentials update`"
 
 
@@ -69,6 +72,15 @@ class _Response:
     reason: str
     headers: Mapping[str, str]
     body: bytes
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A decoded answer, its size, and the export records that could not be decoded."""
+
+    doc: Any
+    nbytes: int
+    unreadable: tuple[UnreadableRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -242,9 +254,12 @@ class ServiceTitanClient:
         if self._closed:
             raise RuntimeError("ServiceTitanClient is closed")
         if self._session is None:
+            # trust_env: HTTP(S)_PROXY and NO_PROXY apply, as servers behind a proxy need; aiohttp
+            # then also reads ~/.netrc (or $NETRC), which must hold no entry for ServiceTitan hosts.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._config.connections),
                 timeout=self._timeout,
+                trust_env=True,
             )
             self._owns_session = True
         return self._session
@@ -260,10 +275,12 @@ class ServiceTitanClient:
         params: Mapping[str, str] | None = None,
         data: Mapping[str, str] | None = None,
     ) -> _Response:
-        """One HTTP exchange, body read in full; network failures become a retryable `_Retry`."""
+        """One HTTP exchange, body read in full up to the size cap; network failures become a
+        retryable `_Retry`, a body over the cap a permanent `ApiError`."""
         session = self._ensure_session()
         env = access.environment
         started = self._clock()
+        limit = self._config.max_response_bytes
         try:
             async with session.request(
                 method,
@@ -274,7 +291,12 @@ class ServiceTitanClient:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                body = await resp.read()
+                body = await _read_capped(resp, limit)
+                if body is None:
+                    self._observer.request_finished(
+                        env, endpoint, resp.status, self._clock() - started
+                    )
+                    raise self._too_large(access, endpoint, resp.status, limit)
                 response = _Response(resp.status, resp.reason or "", resp.headers, body)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._observer.request_finished(env, endpoint, None, self._clock() - started)
@@ -435,7 +457,7 @@ class ServiceTitanClient:
         params: Mapping[str, str],
         *,
         export: bool = False,
-    ) -> tuple[Any, int]:
+    ) -> _Decoded:
         """GET with token, rate limit and retries; returns the decoded body and its size."""
         access = tenant.access
         url = self._config.environments.urls(access.environment).api_url + path.format(
@@ -443,7 +465,7 @@ class ServiceTitanClient:
         )
         app_key = access.app_key.get_secret_value()
 
-        async def attempt() -> tuple[Any, int]:
+        async def attempt() -> _Decoded:
             # One refresh per attempt on 401: the token may have expired or been revoked early.
             for refreshed in (False, True):
                 token = await tenant._tokens.get(access)
@@ -493,12 +515,27 @@ class ServiceTitanClient:
         limiter: RateLimiter,
         *,
         export: bool,
-    ) -> tuple[Any, int]:
+    ) -> _Decoded:
         if 200 <= resp.status < 300:
             try:
-                return orjson.loads(resp.body), len(resp.body)
+                return _Decoded(orjson.loads(resp.body), len(resp.body))
             except orjson.JSONDecodeError:
-                raise self._malformed(access, endpoint, resp.status) from None
+                salvaged = salvage_page(resp.body) if export else None
+                if salvaged is None:
+                    raise self._malformed(access, endpoint, resp.status) from None
+            doc, unreadable = salvaged
+            log_event(
+                _log,
+                logging.WARNING,
+                "servicetitan.records_unreadable",
+                credential_id=access.credential_id,
+                environment=access.environment.value,
+                endpoint=endpoint,
+                records=len(unreadable),
+                record_ids=[u.record_id for u in unreadable[:10]],
+                reasons=sorted({u.reason for u in unreadable}),
+            )
+            return _Decoded(doc, len(resp.body), unreadable)
         problem = _Problem.parse(resp.body)
         what = _WHAT[endpoint]
         if resp.status == 403:
@@ -560,7 +597,10 @@ class ServiceTitanClient:
                 )
 
             reason = "409" if status == 409 else "5xx"
-            raise _Retry(reason, server_failed, status=status)
+            # A 503 (or any of these) may say when to come back; only the header counts here, as
+            # a failure's title is no promise of a delay.
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"), None)
+            raise _Retry(reason, server_failed, retry_after=retry_after, status=status)
         if status == 404:
             advice = (
                 f"check that {access.tenant_id} is the right tenant id for this credential; "
@@ -574,6 +614,18 @@ class ServiceTitanClient:
             f"{head} for {what} ({access.describe()}): {problem.summary()}; {advice}.",
             status=status,
             trace_id=problem.trace_id,
+            transient=False,
+        )
+
+    def _too_large(
+        self, access: CredentialAccess, endpoint: str, status: int, limit: int
+    ) -> ApiError:
+        return ApiError(
+            f"ServiceTitan's answer ({status}) to {_WHAT[endpoint]} ({access.describe()}) is larger "
+            f"than {limit} bytes ({limit / 2**20:.4g} MiB), the limit set by [servicetitan] "
+            "max_response_bytes; it was not read further. Raise the limit if pages this large are "
+            "expected; otherwise a proxy or the API is sending far more than a page.",
+            status=status,
             transient=False,
         )
 
@@ -618,13 +670,21 @@ class TenantClient:
         """Follow `continueFrom` while `hasMore`, one page in memory at a time.
 
         An async generator (an `AsyncIterator` with `aclose()`), so a consumer stopping early
-        can close it at once.
+        can close it at once. An API that keeps answering "more" with the token it was asked with
+        would be followed forever: after a few such answers in a row it is an `ApiError`.
         """
         cursor = start
+        repeats = 0
         while True:
             page = await self.fetch_export_page(
                 data_type, cursor, include_recent_changes=include_recent_changes
             )
+            if page.has_more and page.continue_from == cursor:
+                repeats += 1
+                if repeats >= _MAX_REPEATED_TOKENS:
+                    raise self._stuck_error(f"export_{data_type.value}", repeats)
+            else:
+                repeats = 0
             yield page
             if not page.has_more:
                 return
@@ -638,9 +698,10 @@ class TenantClient:
         if start is not None:
             params["from"] = start
         endpoint = f"export_{data_type.value}"
-        doc, nbytes = await self._client._get_json(
+        decoded = await self._client._get_json(
             self, endpoint, _EXPORT_PATHS[data_type], params, export=True
         )
+        doc = decoded.doc
         if not isinstance(doc, dict):
             raise self._shape_error(endpoint, "the body is not an object")
         records = doc.get("data")
@@ -655,7 +716,11 @@ class TenantClient:
         if has_more and not continue_from:
             raise self._shape_error(endpoint, "'hasMore' is true but 'continueFrom' is empty")
         return ExportPage(
-            records=records, continue_from=continue_from, has_more=has_more, nbytes=nbytes
+            records=records,
+            continue_from=continue_from,
+            has_more=has_more,
+            nbytes=decoded.nbytes,
+            unreadable=decoded.unreadable,
         )
 
     async def count_changed(self, data_type: DataType, since: datetime | None) -> int:
@@ -666,7 +731,7 @@ class TenantClient:
         if data_type is DataType.CUSTOMERS:
             params["active"] = "Any"  # the customers list hides inactive ones by default
         endpoint = f"list_{data_type.value}"
-        doc, _ = await self._client._get_json(self, endpoint, _LIST_PATHS[data_type], params)
+        doc = (await self._client._get_json(self, endpoint, _LIST_PATHS[data_type], params)).doc
         total = doc.get("totalCount") if isinstance(doc, dict) else None
         if not isinstance(total, int) or isinstance(total, bool):
             raise self._shape_error(endpoint, "'totalCount' is missing")
@@ -682,11 +747,45 @@ class TenantClient:
             {"pageSize": "1", "active": "Any"},
         )
 
+    def _stuck_error(self, endpoint: str, repeats: int) -> ApiError:
+        return ApiError(
+            f"ServiceTitan repeats its continuation token for {_WHAT[endpoint]} "
+            f"({self.access.describe()}): {repeats} answers in a row said there is more but gave "
+            "back the token they were asked with, so the export cannot advance. The sync stopped "
+            "rather than ask again until its timeout; if this persists, report it to ServiceTitan "
+            "support with the time of this sync.",
+            status=200,
+            transient=False,
+        )
+
     def _shape_error(self, endpoint: str, problem: str) -> ValidationFailure:
         return ValidationFailure(
             f"ServiceTitan's answer to {_WHAT[endpoint]} ({self.access.describe()}) does not have "
             f"the expected shape: {problem}. ServiceTitan may have changed its API; report it."
         )
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to hold more than `limit` bytes.
+
+    A declared length over the limit fails before reading. A declared length within it is read in
+    one go (the export's hot path): aiohttp reads no more than it. A body without one, or a
+    compressed one (its length is not the decoded size), is read in chunks and counted as decoded.
+    """
+    length = resp.content_length
+    if length is not None and length > limit:
+        return None
+    encoding = resp.headers.get(aiohttp.hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if length is not None and encoding == "identity":
+        return await resp.read()
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_any():
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _describe_network_error(exc: BaseException, timeout: float) -> str:

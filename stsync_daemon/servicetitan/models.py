@@ -33,11 +33,25 @@ class CredentialAccess:
         return f"client id '{self.client_label}' for tenant {self.tenant_id} in {env}"
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadableRecord:
+    """A record of an otherwise readable page that could not be decoded, kept byte for byte."""
+
+    raw: bytes
+    reason: str
+    record_id: str | None
+
+
 @dataclass(frozen=True)
 class ExportPage:
-    """One page of an export, with the token to continue from."""
+    """One page of an export, with the token to continue from.
+
+    `unreadable` holds the records JSON cannot decode (a lone surrogate escape, a number beyond
+    double range); `records` the others.
+    """
 
     records: list[dict[str, Any]]
     continue_from: str | None
     has_more: bool
     nbytes: int
+    unreadable: tuple[UnreadableRecord, ...] = ()

@@ -37,6 +37,9 @@ def test_help_documents_the_options() -> None:
         "--latency-ms",
         "--fault-429",
         "--fault-drop",
+        "--fault-repeat-token",
+        "--export-token-ttl",
+        "--export-order",
     ):
         assert option in result.stdout
 
@@ -77,6 +80,25 @@ def test_tenants_file(tmp_path: Path) -> None:
     bad.write_text('{"tenants": [{"tenant_id": 1}]}')
     result = _run("--tenants", str(bad))
     assert result.returncode == 2 and "tenants.0" in result.stderr
+
+
+def test_fault_test_options() -> None:
+    args = build_parser().parse_args(
+        [
+            "--export-order",
+            "unsorted",
+            "--export-token-ttl",
+            "30",
+            "--fault-repeat-token",
+            "0.25",
+        ]
+    )
+    config = config_from_args(args)
+    assert config.export_order == "unsorted" and config.export_token_ttl_seconds == 30
+    assert config.faults[-1].repeat_token_share == 0.25
+    defaults = config_from_args(build_parser().parse_args([]))
+    assert defaults.export_order == "modified" and defaults.export_token_ttl_seconds is None
+    assert defaults.faults == ()
 
 
 async def test_runs_demo_tenants_and_stops_on_sigterm() -> None:

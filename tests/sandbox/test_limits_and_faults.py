@@ -143,3 +143,31 @@ async def test_faults_from_config_apply_from_the_start(session: aiohttp.ClientSe
         assert set(await _statuses(client, 3)) == {500}
         # The token endpoint is never faulted.
         assert (await client.fetch_token()).status == 200
+
+
+async def test_repeat_token_answers_more_with_the_token_it_was_given(
+    sandbox: Sandbox, client: StClient
+) -> None:
+    first = (await client.export_page(CUSTOMERS)).json()
+    token = first["continueFrom"]
+    sandbox.set_faults(FaultRule(repeat_token_share=1.0, data_type=CUSTOMERS))
+    for _ in range(3):
+        reply = await client.export_page(CUSTOMERS, token)
+        assert reply.status == 200
+        assert reply.json() == {"hasMore": True, "continueFrom": token, "data": []}
+    assert (await client.export_page(CUSTOMERS, "2019-03-01")).json()[
+        "continueFrom"
+    ] == "2019-03-01"
+    assert (await client.export_page(CUSTOMERS, "not-a-token")).status == 400
+    start = (await client.export_page(CUSTOMERS)).json()
+    assert start["hasMore"] is True and start["data"] == [] and start["continueFrom"]
+    # Lists and the other data type are not affected, and not counted.
+    listed = await client.get(client.path(CUSTOMERS, export=False))
+    assert listed.status == 200 and len(listed.json()["data"]) == 50
+    assert (await client.export_page(INVOICES)).json()["data"]
+    # Counted when drawn: the refused token too.
+    assert sandbox.counters().faults[(1, PROD, FaultKind.REPEAT_TOKEN)] == 6
+    # The start token is a real one: without the fault it leads to the first page.
+    sandbox.set_faults()
+    again = (await client.export_page(CUSTOMERS, start["continueFrom"])).json()
+    assert again["data"] == first["data"]

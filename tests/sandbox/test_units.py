@@ -9,8 +9,16 @@ import pytest
 
 from stsync_daemon.enums import DataType, Environment
 from stsync_daemon.sandbox import truth_digest
-from stsync_daemon.sandbox.clock import format_ticks, parse_datetime
-from stsync_daemon.sandbox.dataset import BASE_END, START_KEY, Dataset, InvalidToken
+from stsync_daemon.sandbox.clock import TICKS_PER_SECOND, format_ticks, parse_datetime
+from stsync_daemon.sandbox.dataset import (
+    BASE_END,
+    BASE_START,
+    START_KEY,
+    UNSORTED_START,
+    Dataset,
+    InvalidToken,
+)
+from stsync_daemon.sandbox.models import ExportOrder
 
 
 def test_truth_digest_formula_and_order_independence() -> None:
@@ -151,3 +159,123 @@ def test_invoices_name_the_customers_they_reference() -> None:
     }
     for invoice in map(orjson.loads, invoices.render_page(invoices.iter_by_id())):
         assert invoice["customer"]["name"] == names[invoice["customer"]["id"]]
+
+
+def _export_order(dataset: Dataset) -> list[int]:
+    """Untouched base records by index, then the log's latest entry of each changed record."""
+    base = [dataset.id_at(k) for k in range(dataset.base_count)]
+    log = [r for j, r in enumerate(dataset.log_ids) if dataset.overrides[r].seq == j]
+    return [i for i in base if i not in dataset.overrides] + log
+
+
+def _walk_unsorted(
+    dataset: Dataset, key: tuple[int, int], limit: int, cutoff: int | None = None
+) -> tuple[list[int], tuple[int, int]]:
+    seen: list[int] = []
+    while True:
+        ids, more, key = dataset.page_unsorted(key, limit, cutoff)
+        assert len(ids) <= limit
+        assert not more or len(ids) == limit
+        seen.extend(ids)
+        if not more:
+            return seen, key
+
+
+@pytest.mark.parametrize("limit", [1, 7, 97, 5000])
+def test_unsorted_pages_walk_every_record_once_in_id_then_log_order(limit: int) -> None:
+    dataset = _dataset(1000)
+    sorted_ticks = [dataset.state(i)[0] for i in dataset.iter_by_id()]
+    dataset.set_order(ExportOrder.UNSORTED)
+    ticks = [dataset.state(i)[0] for i in dataset.iter_by_id()]
+    assert ticks != sorted_ticks and ticks != sorted(ticks)  # scrambled, not increasing
+    assert all(BASE_START <= t < BASE_END for t in ticks)
+    dataset.modify(30)
+    dataset.create(5)
+    dataset.deactivate(4)
+    seen, end = _walk_unsorted(dataset, dataset.decode_from(None), limit)
+    assert seen == _export_order(dataset)
+    assert sorted(seen) == list(dataset.iter_by_id())
+    assert end == (1000 + len(dataset.log_ids), UNSORTED_START[1])
+    # Nothing new: the end key yields nothing; a change after it is all it yields.
+    assert dataset.page_unsorted(end, limit) == ([], False, end)
+    changed = dataset.modify(1)
+    assert dataset.page_unsorted(end, limit)[0] == changed
+    # The list order by modifiedOn stays sorted in this order too.
+    by_modified = list(dataset.iter_by_modified())
+    assert [dataset.key_of(i) for i in by_modified] == sorted(dataset.key_of(i) for i in seen)
+    assert list(dataset.iter_by_modified(reverse=True)) == by_modified[::-1]
+
+
+def test_unsorted_from_a_date_is_a_filter_over_the_whole_order() -> None:
+    dataset = _dataset(800)
+    dataset.set_order(ExportOrder.UNSORTED)
+    dataset.modify(20)
+    middle = sorted(dataset.state(i)[0] for i in dataset.iter_by_id())[400]
+    date = format_ticks(middle)[:10]
+    since = parse_datetime(date)
+    seen, _ = _walk_unsorted(dataset, dataset.decode_from(date), 33)
+    expected = [i for i in _export_order(dataset) if dataset.state(i)[0] >= since]
+    assert seen == expected and 300 < len(seen) < 500
+    # The filter travels with the token.
+    first, more, key = dataset.page_unsorted(dataset.decode_from(date), 10)
+    assert more and dataset.decode_from(dataset.encode_token(key)) == key
+    rest, _ = _walk_unsorted(dataset, dataset.decode_from(dataset.encode_token(key)), 10)
+    assert first + rest == expected
+
+
+def test_unsorted_changes_during_a_walk_are_not_lost() -> None:
+    dataset = _dataset(600)
+    dataset.set_order(ExportOrder.UNSORTED)
+    ids, more, key = dataset.page_unsorted(UNSORTED_START, 300)
+    assert more
+    behind, ahead = ids[10], dataset.id_at(450)
+    dataset.touch(behind)
+    dataset.touch(ahead)
+    rest, _ = _walk_unsorted(dataset, key, 50)
+    assert rest.count(ahead) == 1 and rest[-2:] == [behind, ahead]
+    assert set(ids) | set(rest) == set(dataset.iter_by_id())
+
+
+def test_unsorted_visibility_cutoff_stops_at_the_first_hidden_change() -> None:
+    dataset = _dataset(200)
+    dataset.set_order(ExportOrder.UNSORTED)
+    first = dataset.modify(3)
+    cutoff = dataset.state(first[-1])[0]
+    later = dataset.create(2)
+    seen, key = _walk_unsorted(dataset, UNSORTED_START, 64, cutoff)
+    assert seen[-3:] == first and not set(later) & set(seen)
+    rest, _ = _walk_unsorted(dataset, key, 64)
+    assert rest == later
+
+
+def test_unsorted_truth_matches_a_full_recount() -> None:
+    dataset = _dataset(500)
+    before = dataset.truth()
+    dataset.set_order(ExportOrder.UNSORTED)
+    count, active, digest, latest = dataset.truth()
+    rows = list(dataset.rows())
+    assert digest == truth_digest(rows) != before[2] and count == 500
+    assert active == sum(a for _, _, a in rows)
+    assert latest == max((m for _, m, _ in rows), key=parse_datetime)
+    dataset.modify(10)
+    assert dataset.truth()[2] == truth_digest(dataset.rows())
+
+
+def test_tokens_carry_their_order_and_issue_time() -> None:
+    dataset = _dataset()
+    token = dataset.encode_token((5, 6))
+    assert dataset.encode_token((5, 6)) == token  # without expiry: one token per position
+    dataset.set_order(ExportOrder.UNSORTED)
+    with pytest.raises(InvalidToken):
+        dataset.decode_from(token)  # another order, another epoch
+    now = 10**17
+    fresh = dataset.encode_token((5, 6), issued=now - 4 * TICKS_PER_SECOND)
+    assert dataset.decode_from(fresh) == (5, 6)
+    assert dataset.decode_from(fresh, max_age=5 * TICKS_PER_SECOND, now=now) == (5, 6)
+    with pytest.raises(InvalidToken):
+        dataset.decode_from(fresh, max_age=3 * TICKS_PER_SECOND, now=now)
+    timeless = dataset.encode_token((5, 6))
+    with pytest.raises(InvalidToken):
+        dataset.decode_from(timeless, max_age=3600 * TICKS_PER_SECOND, now=now)
+    assert dataset.decode_from("2020-01-01") == (0, parse_datetime("2020-01-01"))
+    assert dataset.decode_from(None) == UNSORTED_START

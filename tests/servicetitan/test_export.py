@@ -10,8 +10,14 @@ import pytest
 from aioresponses import aioresponses
 
 from stsync_daemon.config import ServiceTitanConfig
-from stsync_daemon.enums import DataType, Environment
-from stsync_daemon.servicetitan import CredentialAccess, ExportPage, ServiceTitanClient
+from stsync_daemon.enums import DataType, Environment, ErrorCategory
+from stsync_daemon.errors import ApiError
+from stsync_daemon.servicetitan import (
+    CredentialAccess,
+    ExportPage,
+    ServiceTitanClient,
+    UnreadableRecord,
+)
 
 from .conftest import (
     CUSTOMERS_EXPORT,
@@ -162,3 +168,106 @@ async def test_since_is_sent_in_utc(
     since = datetime(2024, 6, 30, 23, 59, 59, 123456, tzinfo=UTC)
     await client.tenant(access).count_changed(DataType.INVOICES, since)
     assert api.calls[0].params["modifiedOnOrAfter"] == "2024-06-30T23:59:59.123456Z"
+
+
+async def test_an_export_repeating_its_token_three_times_in_a_row_is_an_api_error(
+    client: ServiceTitanClient,
+    access: CredentialAccess,
+    mocked: aioresponses,
+    token_server: TokenServer,
+) -> None:
+    api = serve(mocked, CUSTOMERS_EXPORT, Endpoint()).then(
+        ok(export_body([1, 2], has_more=True, cont="T1")),
+        ok(export_body([], has_more=True, cont="T1")),
+        ok(export_body([3], has_more=True, cont="T1")),
+        ok(export_body([], has_more=True, cont="T1")),
+    )
+    seen: list[int] = []
+    with pytest.raises(ApiError) as info:
+        async for page in client.tenant(access).export(DataType.CUSTOMERS, None):
+            seen.extend(r["id"] for r in page.records)
+    exc = info.value
+    assert exc.category is ErrorCategory.API and exc.transient is False
+    message = str(exc)
+    assert "the customers export" in message and access.describe() in message
+    assert "repeats its continuation token" in message and "T1" not in message
+    assert [c.params.get("from") for c in api.calls] == [None, "T1", "T1", "T1"]
+    assert seen == [1, 2, 3]  # the answers before the third repeat were still handed over
+
+
+async def test_a_stored_token_given_back_counts_as_a_repeat_too(
+    client: ServiceTitanClient,
+    access: CredentialAccess,
+    mocked: aioresponses,
+    token_server: TokenServer,
+) -> None:
+    api = serve(mocked, INVOICES_EXPORT, Endpoint(ok(export_body([], has_more=True, cont="S"))))
+    with pytest.raises(ApiError, match="repeats its continuation token"):
+        async for _ in client.tenant(access).export(DataType.INVOICES, "S"):
+            pass
+    assert [c.params.get("from") for c in api.calls] == ["S", "S", "S"]
+
+
+async def test_repeats_that_are_not_in_a_row_are_followed(
+    client: ServiceTitanClient,
+    access: CredentialAccess,
+    mocked: aioresponses,
+    token_server: TokenServer,
+) -> None:
+    api = serve(mocked, CUSTOMERS_EXPORT, Endpoint()).then(
+        ok(export_body([1], has_more=True, cont="A")),
+        ok(export_body([], has_more=True, cont="A")),
+        ok(export_body([], has_more=True, cont="A")),
+        ok(export_body([2], has_more=True, cont="B")),
+        ok(export_body([], has_more=True, cont="B")),
+        ok(export_body([], has_more=True, cont="B")),
+        ok(export_body([3], has_more=False, cont="B")),
+    )
+    pages = [page async for page in client.tenant(access).export(DataType.CUSTOMERS, None)]
+    assert [r["id"] for p in pages for r in p.records] == [1, 2, 3]
+    assert len(api.calls) == 7
+
+
+async def test_a_page_with_undecodable_records_keeps_the_others(
+    client: ServiceTitanClient,
+    access: CredentialAccess,
+    mocked: aioresponses,
+    token_server: TokenServer,
+    recorder: Recorder,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = b'{"id":1,"modifiedOn":"2024-01-01T00:00:00Z","active":true}'
+    surrogate = b'{"id":2,"modifiedOn":"2024-01-01T00:00:00Z","active":true,"name":"a\\ud800b"}'
+    overflow = b'{"id":3,"modifiedOn":"2024-01-01T00:00:00Z","active":true,"creditLimit":1e999999}'
+    raw = b'{"hasMore":true,"continueFrom":"next","data":[%s, %s ,%s]}' % (
+        surrogate,
+        good,
+        overflow,
+    )
+    api = serve(mocked, CUSTOMERS_EXPORT, Endpoint({"status": 200, "body": raw}))
+    page = await client.tenant(access).fetch_export_page(DataType.CUSTOMERS, "prev")
+    assert page.records == [orjson.loads(good)]
+    assert page.continue_from == "next" and page.has_more and page.nbytes == len(raw)
+    assert page.unreadable == (
+        UnreadableRecord(raw=surrogate, reason="no low surrogate in string", record_id="2"),
+        UnreadableRecord(
+            raw=overflow, reason="number is infinity when parsed as double", record_id="3"
+        ),
+    )
+    assert len(api.calls) == 1 and recorder.retries == []  # not mistaken for a cut answer
+    assert "servicetitan.records_unreadable" in caplog.text
+
+
+async def test_a_list_answer_that_does_not_decode_is_still_retried(
+    client: ServiceTitanClient,
+    access: CredentialAccess,
+    mocked: aioresponses,
+    token_server: TokenServer,
+    recorder: Recorder,
+) -> None:
+    bad = b'{"hasMore":false,"totalCount":1,"data":[{"id":1,"x":1e400}]}'
+    api = serve(mocked, INVOICES_LIST, Endpoint(ok({"hasMore": False, "totalCount": 1}))).then(
+        {"status": 200, "body": bad}
+    )
+    assert await client.tenant(access).count_changed(DataType.INVOICES, None) == 1
+    assert len(api.calls) == 2 and [r for _, r in recorder.retries] == ["network"]

@@ -125,6 +125,76 @@ async def test_transient_failures_are_retried_with_backoff(
     assert statuses == [expected, expected, 200]
 
 
+@pytest.mark.parametrize(
+    ("answer", "reason", "seconds"),
+    [
+        (problem(503, "Service Unavailable", headers={"Retry-After": "20"}), "5xx", 20),
+        (problem(500, "Internal Server Error", headers={"Retry-After": "9"}), "5xx", 9),
+        (
+            problem(
+                409,
+                "The service is suspended for maintenance. Please try again later.",
+                headers={"Retry-After": "45"},
+            ),
+            "409",
+            45,
+        ),
+    ],
+)
+async def test_retry_after_on_5xx_and_409_is_honoured(
+    client: ServiceTitanClient,
+    access: CredentialAccess,
+    mocked: aioresponses,
+    token_server: TokenServer,
+    clock: FakeClock,
+    recorder: Recorder,
+    answer: dict[str, object],
+    reason: str,
+    seconds: float,
+) -> None:
+    api = serve(mocked, CUSTOMERS_EXPORT, Endpoint(PAGE)).then(answer)
+    page = await client.tenant(access).fetch_export_page(DataType.CUSTOMERS, None)
+    assert page.has_more is False and len(api.calls) == 2
+    assert seconds <= clock.sleeps[0] <= seconds * 1.1 + 0.01  # never sooner, lightly jittered
+    assert recorder.retries == [(Environment.INTEGRATION, reason)]
+
+
+async def test_a_5xx_without_retry_after_does_not_read_seconds_from_its_title(
+    client: ServiceTitanClient,
+    access: CredentialAccess,
+    mocked: aioresponses,
+    token_server: TokenServer,
+    clock: FakeClock,
+) -> None:
+    serve(mocked, CUSTOMERS_EXPORT, Endpoint(PAGE)).then(
+        problem(500, "Upstream timed out after 90 seconds.")
+    )
+    await client.tenant(access).fetch_export_page(DataType.CUSTOMERS, None)
+    assert 0.5 <= clock.sleeps[0] <= 1.0  # the ordinary first backoff
+
+
+async def test_a_503_retry_after_beyond_the_budget_gives_up_at_once(
+    access: CredentialAccess,
+    mocked: aioresponses,
+    token_server: TokenServer,
+    clock: FakeClock,
+    recorder: Recorder,
+) -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(hours=2), usegmt=True)
+    api = serve(
+        mocked,
+        CUSTOMERS_EXPORT,
+        Endpoint(problem(503, "Service Unavailable", trace="t-503", headers={"Retry-After": when})),
+    )
+    config = ServiceTitanConfig(max_attempts=8, max_retry_seconds=300)
+    async with make_client(config, clock, recorder) as st:
+        with pytest.raises(ApiError) as info:
+            await st.tenant(access).fetch_export_page(DataType.CUSTOMERS, None)
+    assert info.value.transient and info.value.status == 503
+    assert "gave up after 1 attempt" in str(info.value)
+    assert len(api.calls) == 1 and clock.sleeps == []
+
+
 def exhaust_config(**kw: float) -> ServiceTitanConfig:
     return ServiceTitanConfig(max_attempts=int(kw.get("max_attempts", 3)), max_retry_seconds=300)
 
