@@ -25,6 +25,7 @@ from ..config import ServiceTitanConfig
 from ..enums import DataType, Environment
 from ..errors import (
     ApiError,
+    AppKeyError,
     InvalidCredentialsError,
     NetworkError,
     RateLimitError,
@@ -201,6 +202,8 @@ class ServiceTitanClient:
         self._timeout = aiohttp.ClientTimeout(total=config.request_timeout_seconds)
         self._tokens: dict[tuple[Environment, str, int], TokenProvider] = {}
         self._limiters: dict[tuple[Environment, str, int], RateLimiter] = {}
+        # Digests of app keys ServiceTitan has accepted since start-up (see `_refused_twice`).
+        self._app_keys_proven: set[str] = set()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -464,6 +467,7 @@ class ServiceTitanClient:
             tenant=access.tenant_id
         )
         app_key = access.app_key.get_secret_value()
+        key_digest = _digest(app_key)
 
         async def attempt() -> _Decoded:
             # One refresh per attempt on 401: the token may have expired or been revoked early.
@@ -485,14 +489,11 @@ class ServiceTitanClient:
                     },
                 )
                 if resp.status != 401:
+                    if resp.status < 300:
+                        self._app_keys_proven.add(key_digest)
                     return self._read_api(access, endpoint, resp, tenant._limiter, export=export)
                 if refreshed:
-                    problem = _Problem.parse(resp.body)
-                    raise InvalidCredentialsError(
-                        f"ServiceTitan refused a freshly issued token for {access.describe()} "
-                        f"(401 twice, {problem.trace()}): the credential may have been revoked or "
-                        f"the app key is wrong; check the app key, or {_UPDATE_HINT}."
-                    )
+                    raise self._refused_twice(access, _Problem.parse(resp.body), key_digest)
                 tenant._tokens.invalidate(token)
                 self._observer.retried(access.environment, "401")
                 log_event(
@@ -506,6 +507,34 @@ class ServiceTitanClient:
             raise AssertionError("unreachable")
 
         return await self._with_retries(access, endpoint, attempt, tenant._limiter)
+
+    def _refused_twice(
+        self, access: CredentialAccess, problem: _Problem, key_digest: str
+    ) -> StsyncError:
+        """A 401 even with a token issued a moment ago: the app key, or this tenant's grant.
+
+        The daemon's own app key is to blame when ServiceTitan names it, or when it has never worked
+        for any tenant since start-up: that is the operator's configuration, and no credential is
+        marked for it. Once it has worked elsewhere, the refusal is this tenant's.
+        """
+        names_app_key = "st-app-key" in (problem.errors or "").lower()
+        if not access.own_app_key and (names_app_key or key_digest not in self._app_keys_proven):
+            return AppKeyError(
+                f"ServiceTitan refused stsync's app key for {access.describe()} (401 with a fresh "
+                f"token, {problem.trace()}): check [servicetitan] app_key or app_key_file (the "
+                "ST-App-Key of your ServiceTitan application) and restart stsyncd. No credential "
+                "was marked; syncs resume once the key is right."
+            )
+        if names_app_key:
+            return InvalidCredentialsError(
+                f"ServiceTitan refused the app key stored with {access.describe()} (401, "
+                f"{problem.trace()}); set it again with `stsyncctl credentials update --app-key-file`."
+            )
+        return InvalidCredentialsError(
+            f"ServiceTitan refused a freshly issued token for {access.describe()} "
+            f"(401 twice, {problem.trace()}): the tenant may have revoked the app's access while "
+            f"the app key works for other tenants; ask the tenant's admin, or {_UPDATE_HINT}."
+        )
 
     def _read_api(
         self,

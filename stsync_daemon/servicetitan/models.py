@@ -20,6 +20,7 @@ class CredentialAccess:
     client_id: str
     client_secret: SecretStr
     app_key: SecretStr
+    own_app_key: bool = False  # the credential's own app key rather than the daemon's
 
     @property
     def client_label(self) -> str:

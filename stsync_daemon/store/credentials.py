@@ -211,4 +211,5 @@ class CredentialStore:
             client_id=credential.client_id,
             client_secret=cipher.decrypt(row["client_secret_encrypted"]),
             app_key=app_key,
+            own_app_key=row["app_key_encrypted"] is not None,
         )

@@ -30,7 +30,13 @@ from ..errors import (
     SyncTimeoutError,
 )
 from ..logs import log_event
-from ..servicetitan import ExportPage, ExportTokenInvalidError, ServiceTitanClient, TenantClient
+from ..servicetitan import (
+    ExportPage,
+    ExportTokenInvalidError,
+    ServiceTitanClient,
+    TenantClient,
+    UnreadableRecord,
+)
 from ..store.credentials import Credential, CredentialStore
 from ..store.db import DB_ERRORS, describe_db_error
 from ..store.sql import QUERIES
@@ -231,6 +237,16 @@ def _terminate(conn: Any) -> None:
     back. A connection PostgreSQL already dropped was given back before: nothing to do."""
     with contextlib.suppress(asyncpg.InterfaceError):
         conn.terminate()
+
+
+def _unreadable(record: UnreadableRecord) -> Rejected:
+    """A record of the page that could not be decoded: a dead letter, kept byte for byte."""
+    return Rejected(
+        record.record_id,
+        f"could not be decoded as JSON ({record.reason}); kept as received",
+        record.raw,
+        jsonb_ok=False,
+    )
 
 
 def _describe_refusal(exc: BaseException) -> str:
@@ -677,7 +693,12 @@ class SyncEngine:
                 if page is None:
                     break
                 clock = time.perf_counter()
-                batch.add_page(page.records, page.continue_from, page.nbytes)
+                batch.add_page(
+                    page.records,
+                    page.continue_from,
+                    page.nbytes,
+                    [_unreadable(u) for u in page.unreadable] if page.unreadable else (),
+                )
                 page = None  # the parsed records are rows now; free them before waiting
                 timings["convert"] += time.perf_counter() - clock
                 if batch.size >= self._batch_records or batch.nbytes >= _BATCH_BYTES:

@@ -19,7 +19,7 @@ import pytest
 
 from stsync_daemon.embedded.postgres import PrivateCluster
 from stsync_daemon.enums import CredentialStatus, DataType, Environment, ErrorCategory, SyncStatus
-from stsync_daemon.sandbox import FaultRule, SandboxConfig
+from stsync_daemon.sandbox import FaultRule, PoisonKind, SandboxConfig
 from stsync_daemon.sandbox.dataset import Dataset
 from stsync_daemon.store.migrate import migrate
 from stsync_daemon.sync import records
@@ -356,3 +356,108 @@ async def test_a_sync_cut_by_a_database_restart_records_its_end_once_it_is_back(
         resumed = await rig.sync(cred, CUSTOMERS)
         assert resumed.status is SyncStatus.COMPLETED, resumed.error_message
         await rig.assert_equal_truth(102, CUSTOMERS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason", "marker"),
+    [
+        (PoisonKind.NUL, "NUL character", b"\\u0000"),
+        (PoisonKind.SURROGATE, "could not be decoded", b"\\ud800"),
+        (PoisonKind.OVERFLOW, "could not be decoded", b"1e999999"),
+    ],
+)
+async def test_every_poison_is_a_dead_letter_kept_as_received_until_fixed_upstream(
+    rig: Rig, kind: PoisonKind, reason: str, marker: bytes
+) -> None:
+    cred = await rig.add(102)
+    for data_type in DataType:
+        assert (await rig.sync(cred, data_type)).status is SyncStatus.COMPLETED
+        poisoned = await rig.sandbox.mutate(
+            102, PROD, data_type, poison=2, poison_kind=kind, modify=3
+        )
+        result = await rig.sync(cred, data_type)
+        assert result.status is SyncStatus.COMPLETED, result.error_message
+        assert result.records_failed == len(poisoned.poisoned) == 2
+        letters = await rig.pool.fetch(
+            "SELECT record_id, reason, raw FROM stsync.dead_letters WHERE data_type = $1 "
+            "AND resolved_at IS NULL ORDER BY record_id",
+            data_type.value,
+        )
+        assert sorted(int(r["record_id"]) for r in letters) == sorted(poisoned.poisoned)
+        assert all(reason in r["reason"] and marker in r["raw"] for r in letters)
+        # Fixed upstream (the records change again): the next sync stores them and resolves both.
+        for record_id in poisoned.poisoned:
+            rig.sandbox.state.dataset(102, PROD, data_type).touch(record_id)
+        fixed = await rig.sync(cred, data_type)
+        assert (fixed.records_processed, fixed.records_failed) == (2, 0)
+        await rig.assert_equal_truth(102, data_type)
+    assert await rig.pool.fetchval(OPEN_LETTERS) == 0
+
+
+async def test_a_bigint_in_a_payload_field_is_stored(rig: Rig) -> None:
+    """Beyond int64 in a field no bigint column holds: jsonb keeps numbers of any size."""
+    cred = await rig.add(102)
+    poisoned = await rig.sandbox.mutate(
+        102, PROD, CUSTOMERS, poison=1, poison_kind=PoisonKind.BIGINT
+    )
+    result = await rig.sync(cred, CUSTOMERS)
+    assert (result.status, result.records_failed) == (SyncStatus.COMPLETED, 0)
+    await rig.assert_equal_truth(102, CUSTOMERS)
+    assert poisoned.poisoned
+
+
+@pytest.fixture
+async def unsorted_rig(database_dsn: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    config = SandboxConfig(
+        tenants=(tenant(103, customers=1000, invoices=10),),
+        export_page_size=50,
+        seed=8,
+        export_order="unsorted",
+    )
+    async with engine_rig(config, database_dsn, tmp_path) as made:
+        yield made
+
+
+async def test_an_expired_token_on_an_unsorted_export_loses_nothing(unsorted_rig: Rig) -> None:
+    """A first sync cut part-way, its token expired: the restart must not trust modifiedOn order."""
+    rig = unsorted_rig
+    cred = await rig.add(103)
+    rig.sandbox.set_faults(FaultRule(tenant_id=103, latency_ms=40))
+    cut = await rig.sync(cred, CUSTOMERS, timeout_seconds=0.5)
+    assert cut.status is SyncStatus.TIMED_OUT and 0 < cut.records_processed < 1000
+    rig.sandbox.set_faults()
+    rig.sandbox.invalidate_export_tokens(103, PROD, CUSTOMERS)  # the stored token expires
+    resumed = await rig.sync(cred, CUSTOMERS)
+    assert resumed.status is SyncStatus.COMPLETED, resumed.error_message
+    await rig.assert_equal_truth(103, CUSTOMERS)
+    # Once a pass has completed, a later expiry restarts from its high-water mark, not from 0.
+    await rig.sandbox.mutate(103, PROD, CUSTOMERS, modify=4, create=2)
+    rig.sandbox.invalidate_export_tokens(103, PROD, CUSTOMERS)
+    after = await rig.sync(cred, CUSTOMERS)
+    assert after.status is SyncStatus.COMPLETED
+    assert after.records_processed < 1000
+    await rig.assert_equal_truth(103, CUSTOMERS)
+
+
+async def test_tokens_that_expire_between_pages_restart_a_bounded_number_of_times(
+    unsorted_rig: Rig,
+) -> None:
+    rig = unsorted_rig
+    cred = await rig.add(103)
+    rig.sandbox.update_settings(export_token_ttl_seconds=0.05)
+    rig.sandbox.set_faults(FaultRule(tenant_id=103, latency_ms=80))
+    result = await rig.sync(cred, CUSTOMERS)
+    assert (result.status, result.error_category) == (SyncStatus.FAILED, ErrorCategory.API)
+    assert "continuation token" in (result.error_message or "")
+    rig.sandbox.update_settings(export_token_ttl_seconds=0)
+    rig.sandbox.set_faults()
+    assert (await rig.sync(cred, CUSTOMERS)).status is SyncStatus.COMPLETED
+    await rig.assert_equal_truth(103, CUSTOMERS)
+
+
+async def test_an_export_repeating_its_token_fails_as_api_instead_of_looping(rig: Rig) -> None:
+    cred = await rig.add(102)
+    rig.sandbox.set_faults(FaultRule(tenant_id=102, repeat_token_share=1.0))
+    result = await rig.sync(cred, CUSTOMERS, timeout_seconds=30)
+    assert (result.status, result.error_category) == (SyncStatus.FAILED, ErrorCategory.API)
+    assert result.duration_seconds < 10

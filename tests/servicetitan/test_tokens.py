@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from yarl import URL
 
 from stsync_daemon.config import ServiceTitanConfig
 from stsync_daemon.enums import DataType, Environment, ErrorCategory
-from stsync_daemon.errors import ApiError, InvalidCredentialsError
+from stsync_daemon.errors import ApiError, AppKeyError, InvalidCredentialsError
 from stsync_daemon.servicetitan import CredentialAccess, ServiceTitanClient
 
 from .conftest import (
@@ -162,13 +163,46 @@ async def test_a_second_401_after_refresh_is_invalid_credentials(
     mocked: aioresponses,
     token_server: TokenServer,
 ) -> None:
-    serve(mocked, CUSTOMERS_LIST, Endpoint(problem(401, "Unauthorized")))
+    """Once the app key has worked (here for this very tenant), a 401 is the tenant's doing."""
+    serve(mocked, CUSTOMERS_LIST, Endpoint(problem(401, "Unauthorized")).then(LIST_OK))
+    tenant = client.tenant(access)
+    assert await tenant.count_changed(DataType.CUSTOMERS, None) == 5
     with pytest.raises(InvalidCredentialsError) as info:
-        await client.tenant(access).count_changed(DataType.CUSTOMERS, None)
+        await tenant.count_changed(DataType.CUSTOMERS, None)
     assert len(token_server.calls) == 2
     assert info.value.category is ErrorCategory.AUTH
     assert not info.value.transient
     assert "stsyncctl credentials update" in str(info.value)
+
+
+async def test_a_401_from_an_app_key_that_never_worked_is_the_daemons_configuration(
+    client: ServiceTitanClient,
+    access: CredentialAccess,
+    mocked: aioresponses,
+    token_server: TokenServer,
+) -> None:
+    serve(mocked, CUSTOMERS_LIST, Endpoint(problem(401, "Unauthorized")))
+    with pytest.raises(AppKeyError) as info:
+        await client.tenant(access).count_changed(DataType.CUSTOMERS, None)
+    assert info.value.category is ErrorCategory.CONFIGURATION
+    assert "[servicetitan] app_key" in str(info.value) and APP_KEY not in str(info.value)
+
+
+async def test_a_401_naming_the_app_key_blames_the_configuration_even_after_successes(
+    client: ServiceTitanClient,
+    access: CredentialAccess,
+    mocked: aioresponses,
+    token_server: TokenServer,
+) -> None:
+    named = problem(401, "Unauthorized", body={"errors": {"ST-App-Key": ["not a known key"]}})
+    serve(mocked, CUSTOMERS_LIST, Endpoint(named).then(LIST_OK))
+    tenant = client.tenant(access)
+    await tenant.count_changed(DataType.CUSTOMERS, None)
+    with pytest.raises(AppKeyError):
+        await tenant.count_changed(DataType.CUSTOMERS, None)
+    own = dataclasses.replace(access, own_app_key=True)  # the credential's own key: its problem
+    with pytest.raises(InvalidCredentialsError, match="credentials update --app-key-file"):
+        await client.tenant(own).count_changed(DataType.CUSTOMERS, None)
 
 
 @pytest.mark.parametrize(
