@@ -27,22 +27,40 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 from ..enums import DataTypeFilter, Environment
 
 API_PREFIX = "/v1"
 NDJSON = "application/x-ndjson"
+BIGINT_MAX = 2**63 - 1
+
+
+def _storable(value: str) -> str:
+    """PostgreSQL text holds neither NUL nor lone surrogates: refuse them here, not as a 503."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+# Text that reaches PostgreSQL (stored, or compared in a filter).
+Text = Annotated[str, AfterValidator(_storable)]
+CompanyId = Annotated[str, Field(max_length=200), AfterValidator(_storable)]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No infinities or NaN: JSON cannot carry them, and query strings must not smuggle them in.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class StatusQuery(_Request):
     """Filters of `stsyncctl status`."""
 
-    company_id: str | None = None
+    company_id: CompanyId | None = None
     running_only: bool = False
     failed_only: bool = False
     last_24h: bool = False
@@ -53,7 +71,7 @@ class ProcessRequest(_Request):
     """`stsyncctl process`: run syncs now (or show the plan)."""
 
     environment: Environment | None = None
-    company_id: str | None = None
+    company_id: CompanyId | None = None
     credential_id: uuid.UUID | None = None
     data_type: DataTypeFilter = DataTypeFilter.BOTH
     dry_run: bool = False
@@ -68,7 +86,7 @@ class ProcessRequest(_Request):
 class RetryRequest(_Request):
     """`stsyncctl retry`: re-run recent failed or timed-out syncs."""
 
-    max_age_hours: Annotated[float, Field(gt=0)] = 24.0
+    max_age_hours: Annotated[float, Field(gt=0, le=24 * 366)] = 24.0
     max_retries: Annotated[int, Field(ge=1)] = 10
     exclude_auth_errors: bool = False
     dry_run: bool = False
@@ -79,11 +97,11 @@ class RetryRequest(_Request):
 class CredentialAdd(_Request):
     """`stsyncctl credentials add`; the secret travels only over the local socket."""
 
-    company_id: Annotated[str, Field(min_length=1, max_length=200)]
-    company_name: Annotated[str, Field(min_length=1, max_length=500)]
+    company_id: Annotated[CompanyId, Field(min_length=1)]
+    company_name: Annotated[Text, Field(min_length=1, max_length=500)]
     environment: Environment
-    tenant_id: Annotated[int, Field(gt=0)]
-    client_id: Annotated[str, Field(min_length=1, max_length=500)]
+    tenant_id: Annotated[int, Field(gt=0, le=BIGINT_MAX)]
+    client_id: Annotated[Text, Field(min_length=1, max_length=500)]
     client_secret: SecretStr
     app_key: SecretStr | None = None
     schedule_enabled: bool = True
@@ -92,12 +110,19 @@ class CredentialAdd(_Request):
 class CredentialUpdate(_Request):
     """`stsyncctl credentials update`: only what is given changes."""
 
-    company_name: Annotated[str, Field(min_length=1, max_length=500)] | None = None
-    client_id: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+    company_name: Annotated[Text, Field(min_length=1, max_length=500)] | None = None
+    client_id: Annotated[Text, Field(min_length=1, max_length=500)] | None = None
     client_secret: SecretStr | None = None
     app_key: SecretStr | None = None
     clear_app_key: bool = False
     schedule_enabled: bool | None = None
+
+
+class CredentialsQuery(_Request):
+    """Filters of `GET /v1/credentials`."""
+
+    environment: Environment | None = None
+    company_id: CompanyId | None = None
 
 
 class ErrorBody(BaseModel):
