@@ -15,6 +15,8 @@ Endpoints (answers are the TypedDicts below):
 - GET /v1/schedules -> {"schedules": [ScheduleView]}; GET /v1/report?hours=24 -> the report
 - GET|POST /v1/credentials, GET|PATCH|DELETE /v1/credentials/{id},
   POST /v1/credentials/{id}/enable|disable|test -> CredentialView (test: {"ok", "message", ...})
+- GET /v1/dead-letters?credential_id=&company_id=&environment=&data_type=&include_resolved=&limit=
+  -> DeadLetters: records that could not be stored, newest first
 
 Streams are `application/x-ndjson`, one event per line, each with an `event` key: `run.started`
 (run_id, total_credentials, syncs planned, skipped), `sync.started`, `sync.progress` (records,
@@ -29,7 +31,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
-from ..enums import DataTypeFilter, Environment
+from ..enums import DataType, DataTypeFilter, Environment
 
 API_PREFIX = "/v1"
 NDJSON = "application/x-ndjson"
@@ -125,6 +127,17 @@ class CredentialsQuery(_Request):
     company_id: CompanyId | None = None
 
 
+class DeadLettersQuery(_Request):
+    """Filters of `stsyncctl dead-letters`: open ones only unless `include_resolved`."""
+
+    credential_id: uuid.UUID | None = None
+    company_id: CompanyId | None = None
+    environment: Environment | None = None
+    data_type: DataType | None = None
+    include_resolved: bool = False
+    limit: Annotated[int, Field(ge=1, le=10_000)] = 50
+
+
 class ErrorBody(BaseModel):
     """Every error answer."""
 
@@ -176,6 +189,7 @@ class StatusSummary(TypedDict):
     total_records_processed: int
     total_records_failed: int
     mean_duration_seconds: float | None
+    dead_letters: int  # open (unresolved) ones, under the same company filter
 
 
 class SkippedView(TypedDict):
@@ -292,6 +306,31 @@ class CredentialView(TypedDict):
     created_at: str
     updated_at: str
     last_success: dict[str, str | None]
+
+
+class DeadLetterView(TypedDict):
+    """A record that could not be stored; `raw` is it as received (UTF-8, bad bytes escaped)."""
+
+    id: int
+    sync_id: str | None
+    credential_id: str | None
+    company_id: str | None  # None once its credential is removed
+    company: str | None
+    environment: str
+    tenant_id: int
+    data_type: str
+    record_id: str | None
+    reason: str
+    raw: str
+    created_at: str
+    resolved_at: str | None  # when a later sync stored the record; None while open
+
+
+class DeadLetters(TypedDict):
+    """`GET /v1/dead-letters`: one page, and how many match in all."""
+
+    dead_letters: list[DeadLetterView]
+    total: int
 
 
 class Health(TypedDict):

@@ -33,7 +33,13 @@ from pydantic import BaseModel, ValidationError
 
 from .. import __version__
 from ..daemon.report import build_report
-from ..daemon.views import credential_view, iso, summarize, sync_view_from_row
+from ..daemon.views import (
+    credential_view,
+    dead_letter_view,
+    iso,
+    summarize,
+    sync_view_from_row,
+)
 from ..enums import CredentialStatus
 from ..errors import ConflictError, NotFoundError, StsyncError
 from ..logs import log_event
@@ -47,6 +53,8 @@ from .protocol import (
     CredentialAdd,
     CredentialsQuery,
     CredentialUpdate,
+    DeadLetters,
+    DeadLettersQuery,
     Health,
     ProcessRequest,
     RetryRequest,
@@ -231,6 +239,7 @@ class ControlServer:
             web.post(f"{API_PREFIX}/credentials/{{id}}/enable", self.credentials_enable),
             web.post(f"{API_PREFIX}/credentials/{{id}}/disable", self.credentials_disable),
             web.post(f"{API_PREFIX}/credentials/{{id}}/test", self.credentials_test),
+            web.get(f"{API_PREFIX}/dead-letters", self.dead_letters),
         ]
         app.add_routes(routes)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -471,6 +480,10 @@ class ControlServer:
             raise web.HTTPBadRequest(reason="hours must be between 0 and 8784")
         return json_response(await build_report(self._daemon.pool, hours))
 
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        query = DeadLettersQuery.model_validate(dict(request.query))
+        return json_response(await dead_letters_document(self._daemon.pool, query))
+
     # -- credentials -------------------------------------------------------------------------
 
     @property
@@ -601,7 +614,28 @@ async def status_document(pool: asyncpg.Pool, query: StatusQuery) -> dict[str, A
     filters = (query.company_id, query.running_only, query.failed_only, since)
     rows = await pool.fetch(QUERIES["select_syncs"], *filters, None, query.limit)
     stats = await pool.fetch(QUERIES["summarize_syncs"], *filters)
-    return {"syncs": [sync_view_from_row(r) for r in rows], "summary": summarize(stats)}
+    dead = await pool.fetchval(QUERIES["count_open_dead_letters"], query.company_id)
+    return {
+        "syncs": [sync_view_from_row(r) for r in rows],
+        "summary": summarize(stats, dead_letters=dead),
+    }
+
+
+async def dead_letters_document(pool: asyncpg.Pool, query: DeadLettersQuery) -> DeadLetters:
+    """One page of the matching dead letters, newest first, and how many match in all."""
+    rows = await pool.fetch(
+        QUERIES["select_dead_letters"],
+        query.credential_id,
+        query.company_id,
+        query.environment.value if query.environment else None,
+        query.data_type.value if query.data_type else None,
+        query.include_resolved,
+        query.limit,
+    )
+    return {
+        "dead_letters": [dead_letter_view(r) for r in rows],
+        "total": rows[0]["total"] if rows else 0,
+    }
 
 
 def _occupied(path: Path) -> bool:
