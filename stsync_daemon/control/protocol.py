@@ -20,7 +20,9 @@ Endpoints (answers are the TypedDicts below):
 
 Streams are `application/x-ndjson`, one event per line, each with an `event` key: `run.started`
 (run_id, total_credentials, syncs planned, skipped), `sync.started`, `sync.progress` (records,
-pages, rate), `sync.finished` (a SyncView), `run.finished` (summary: a RunSummary). Errors are
+pages, rate), `sync.finished` (a SyncView), `run.finished` (summary: a RunSummary). A client that
+reads slower than the run progresses misses some `sync.progress` events (at most 1,000 events wait
+for it), never the others; one that disconnects leaves the run going. Errors are
 `{"message": ..., "code": ...}` with a 4xx/5xx status. Times are ISO 8601 UTC.
 """
 

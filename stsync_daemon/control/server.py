@@ -32,6 +32,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
 from .. import __version__
+from ..daemon.events import EventQueue
 from ..daemon.report import build_report
 from ..daemon.views import (
     credential_view,
@@ -65,6 +66,8 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HEALTH_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *DB_ERRORS)
 MAX_BODY_BYTES = 1024 * 1024
+# How often a progress stream with no event to send checks that its client is still there.
+_CLIENT_CHECK_SECONDS = 1.0
 # What a client can make aiohttp raise while it parses a request or its body.
 _CLIENT_FAULTS: tuple[type[BaseException], ...] = (HttpProcessingError, web.RequestPayloadError)
 
@@ -418,16 +421,17 @@ class ControlServer:
             return json_response(await runner.plan_for(body))
         run = await runner.start(body)
         queue = runner.subscribe(run)
-        response = web.StreamResponse(headers={"Content-Type": NDJSON})
-        await response.prepare(request)
-        with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
-            while True:
-                event = await queue.get()
-                if event is None:
-                    break
-                await response.write(_dumps(event) + b"\n")
-            await response.write_eof()
-        return response
+        try:
+            response = web.StreamResponse(headers={"Content-Type": NDJSON})
+            await response.prepare(request)
+            with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
+                while (event := await _next_event(request, queue)) is not None:
+                    await response.write(_dumps(event) + b"\n")
+                await response.write_eof()
+            return response
+        finally:
+            # The run goes on without this client; its queue must not stay behind.
+            runner.unsubscribe(run, queue)
 
     async def process(self, request: web.Request) -> web.StreamResponse:
         return await self._run(request, await self._body(request, ProcessRequest))
@@ -636,6 +640,18 @@ async def dead_letters_document(pool: asyncpg.Pool, query: DeadLettersQuery) -> 
         "dead_letters": [dead_letter_view(r) for r in rows],
         "total": rows[0]["total"] if rows else 0,
     }
+
+
+async def _next_event(request: web.Request, queue: EventQueue) -> dict[str, Any] | None:
+    """The next event of a run's stream; None at its end, or once the client has gone (a quiet
+    stretch of a run must not keep a closed connection's queue)."""
+    while True:
+        try:
+            return await asyncio.wait_for(queue.get(), _CLIENT_CHECK_SECONDS)
+        except TimeoutError:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return None
 
 
 def _occupied(path: Path) -> bool:
