@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from ..control.protocol import (
     CredentialView,
+    DeadLetterView,
     Health,
     Plan,
     Report,
@@ -291,10 +292,77 @@ def status_summary(summary: StatusSummary, shown: int) -> str:
         f"  Records failed:    {summary['total_records_failed']}",
         f"  Mean duration:     {duration(summary.get('mean_duration_seconds'))}",
     ]
+    if summary.get("dead_letters"):
+        lines.append(
+            f"  Dead letters:      {summary['dead_letters']} open (stsyncctl dead-letters)"
+        )
     return "\n".join(lines)
 
 
 NO_SYNCS = "No sync operations found matching the criteria"
+
+
+def open_dead_letters_note(count: int) -> str:
+    """Said when `status` lists no sync but records still wait as dead letters."""
+    return f"{_count(count, 'open dead letter')}: see `stsyncctl dead-letters`"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+# ---------------------------------------------------------------------------------------------
+# Dead letters
+
+
+def printable(text: str) -> str:
+    """One line with no control character: what records carry must not drive the terminal."""
+    if any(c in text for c in "\n\r\t"):
+        text = " ".join(text.split())
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+DEAD_LETTER_COLUMNS = (
+    Column("ID", right=True, max_width=20),
+    Column("Company", shrink=True, max_width=30, min_width=10),
+    Column("Environment", optional=True, max_width=11),
+    Column("Data Type", max_width=9),
+    Column("Record ID", shrink=True, max_width=24, min_width=9),
+    Column("Reason", shrink=True, max_width=1000, min_width=20),
+    Column("Created", max_width=19),
+    Column("Resolved", max_width=19),
+)
+
+
+def dead_letters_table(items: Sequence[DeadLetterView], width: int) -> str:
+    """`dead-letters`: one row per record, the reason clipped to what the width leaves."""
+    rows = [
+        [
+            str(item["id"]),
+            printable(item.get("company") or "-"),
+            item["environment"],
+            item["data_type"],
+            printable(item.get("record_id") or "-"),
+            printable(item["reason"]),
+            when(item["created_at"]),
+            when(item.get("resolved_at")),
+        ]
+        for item in items
+    ]
+    return table(DEAD_LETTER_COLUMNS, rows, width)
+
+
+def dead_letters_count(total: int, shown: int, *, include_resolved: bool) -> str:
+    """The line under the table: `3 open dead letters (showing 3)`."""
+    noun = "dead letter" if include_resolved else "open dead letter"
+    return f"{_count(total, noun)} (showing {shown})"
+
+
+def no_dead_letters(*, include_resolved: bool) -> str:
+    """`dead-letters` when nothing matches."""
+    return f"No {'' if include_resolved else 'open '}dead letters found matching the criteria"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ from ..control.protocol import (
     CredentialAdd,
     CredentialUpdate,
     CredentialView,
+    DeadLetters,
+    DeadLettersQuery,
     Health,
     Plan,
     ProcessRequest,
@@ -530,6 +532,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(prepare=None, handler=_report)
 
+    dead = _command(
+        commands,
+        "dead-letters",
+        "show records the daemon could not store",
+        "Records a sync could not store (they wait in stsync.dead_letters with the record as "
+        "received), newest first. Only open ones unless --all: a dead letter is resolved when a "
+        "later sync stores the same record.",
+        "  stsyncctl dead-letters\n"
+        "  stsyncctl dead-letters -c 1042 -d invoices\n"
+        "  stsyncctl dead-letters --all --limit 500\n"
+        "  stsyncctl --json-output dead-letters | jq -r '.dead_letters[].raw'",
+    )
+    dead.add_argument("-c", "--company-id", metavar="ID", type=_non_empty, help="only this company")
+    dead.add_argument(
+        "--credential-id", metavar="ID", type=_uuid, help="only this credential (a UUID)"
+    )
+    dead.add_argument("-e", "--environment", choices=ENVIRONMENTS, help="only this environment")
+    dead.add_argument(
+        "-d",
+        "--data-type",
+        choices=DATA_TYPES,
+        default=DataTypeFilter.BOTH.value,
+        help="only this data type (default: both)",
+    )
+    dead.add_argument(
+        "--all",
+        dest="include_resolved",
+        action="store_true",
+        help="resolved ones too (a later sync stored the record)",
+    )
+    dead.add_argument(
+        "--limit",
+        type=_positive_int(10_000),
+        default=50,
+        metavar="N",
+        help="show at most N (default: 50; the count below the table is of all that match)",
+    )
+    dead.set_defaults(prepare=_prepare_dead_letters, handler=_dead_letters)
+
     health = _command(
         commands,
         "health",
@@ -559,6 +600,8 @@ _OPTION_OF_FIELD = {
     "max_age_hours": "--max-age",
     "max_retries": "--max-retries",
     "credential_id": "--credential-id",
+    "data_type": "--data-type",
+    "include_resolved": "--all",
 }
 
 
@@ -653,6 +696,19 @@ def _prepare_status(args: argparse.Namespace, stdin: TextIO) -> BaseModel:
         running_only=args.running_only,
         failed_only=args.failed_only,
         last_24h=args.last_24h,
+        limit=args.limit,
+    )
+
+
+def _prepare_dead_letters(args: argparse.Namespace, stdin: TextIO) -> BaseModel:
+    both = args.data_type == DataTypeFilter.BOTH.value
+    return _model(
+        DeadLettersQuery,
+        credential_id=args.credential_id,
+        company_id=args.company_id,
+        environment=args.environment,
+        data_type=None if both else args.data_type,
+        include_resolved=args.include_resolved,
         limit=args.limit,
     )
 
@@ -888,15 +944,19 @@ async def _follow(ctx: Context, progress: render.Progress, events: Any) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-async def _status(ctx: Context, args: argparse.Namespace) -> int:
-    assert ctx.request is not None
-    query = {
+def _query(model: BaseModel) -> dict[str, str]:
+    """A query model as a query string: unset and false values left out, the rest as text."""
+    return {
         key: ("true" if value is True else str(value))
-        for key, value in _wire(ctx.request).items()
+        for key, value in _wire(model).items()
         if value is not False
     }
+
+
+async def _status(ctx: Context, args: argparse.Namespace) -> int:
+    assert ctx.request is not None
     async with ctx.client() as client:
-        answer = await client.request("GET", "/status", params=query)
+        answer = await client.request("GET", "/status", params=_query(ctx.request))
     if ctx.json_output:
         ctx.emit_json(answer)
         return EXIT_OK
@@ -904,6 +964,8 @@ async def _status(ctx: Context, args: argparse.Namespace) -> int:
     summary = cast(StatusSummary, answer["summary"])
     if not syncs:
         ctx.out(render.NO_SYNCS)
+        if summary.get("dead_letters"):
+            ctx.out(render.open_dead_letters_note(summary["dead_letters"]))
         return EXIT_OK
     ctx.out(render.status_table(syncs, ctx.width()))
     ctx.out(render.status_summary(summary, len(syncs)))
@@ -1089,6 +1151,24 @@ async def _report(ctx: Context, args: argparse.Namespace) -> int:
         ctx.emit_json(answer)
     else:
         ctx.out(render.report_text(cast(Report, answer), ctx.width()))
+    return EXIT_OK
+
+
+async def _dead_letters(ctx: Context, args: argparse.Namespace) -> int:
+    assert ctx.request is not None
+    async with ctx.client() as client:
+        answer = await client.request("GET", "/dead-letters", params=_query(ctx.request))
+    if ctx.json_output:
+        ctx.emit_json(answer)
+        return EXIT_OK
+    document = cast(DeadLetters, answer)
+    items, everything = document["dead_letters"], bool(args.include_resolved)
+    if not items:
+        ctx.out(render.no_dead_letters(include_resolved=everything))
+        return EXIT_OK
+    ctx.out(render.dead_letters_table(items, ctx.width()))
+    ctx.out()
+    ctx.out(render.dead_letters_count(document["total"], len(items), include_resolved=everything))
     return EXIT_OK
 
 

@@ -15,10 +15,14 @@ Endpoints (answers are the TypedDicts below):
 - GET /v1/schedules -> {"schedules": [ScheduleView]}; GET /v1/report?hours=24 -> the report
 - GET|POST /v1/credentials, GET|PATCH|DELETE /v1/credentials/{id},
   POST /v1/credentials/{id}/enable|disable|test -> CredentialView (test: {"ok", "message", ...})
+- GET /v1/dead-letters?credential_id=&company_id=&environment=&data_type=&include_resolved=&limit=
+  -> DeadLetters: records that could not be stored, newest first
 
 Streams are `application/x-ndjson`, one event per line, each with an `event` key: `run.started`
 (run_id, total_credentials, syncs planned, skipped), `sync.started`, `sync.progress` (records,
-pages, rate), `sync.finished` (a SyncView), `run.finished` (summary: a RunSummary). Errors are
+pages, rate), `sync.finished` (a SyncView), `run.finished` (summary: a RunSummary). A client that
+reads slower than the run progresses misses some `sync.progress` events (at most 1,000 events wait
+for it), never the others; one that disconnects leaves the run going. Errors are
 `{"message": ..., "code": ...}` with a 4xx/5xx status. Times are ISO 8601 UTC.
 """
 
@@ -27,22 +31,40 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
-from ..enums import DataTypeFilter, Environment
+from ..enums import DataType, DataTypeFilter, Environment
 
 API_PREFIX = "/v1"
 NDJSON = "application/x-ndjson"
+BIGINT_MAX = 2**63 - 1
+
+
+def _storable(value: str) -> str:
+    """PostgreSQL text holds neither NUL nor lone surrogates: refuse them here, not as a 503."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+# Text that reaches PostgreSQL (stored, or compared in a filter).
+Text = Annotated[str, AfterValidator(_storable)]
+CompanyId = Annotated[str, Field(max_length=200), AfterValidator(_storable)]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No infinities or NaN: JSON cannot carry them, and query strings must not smuggle them in.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class StatusQuery(_Request):
     """Filters of `stsyncctl status`."""
 
-    company_id: str | None = None
+    company_id: CompanyId | None = None
     running_only: bool = False
     failed_only: bool = False
     last_24h: bool = False
@@ -53,7 +75,7 @@ class ProcessRequest(_Request):
     """`stsyncctl process`: run syncs now (or show the plan)."""
 
     environment: Environment | None = None
-    company_id: str | None = None
+    company_id: CompanyId | None = None
     credential_id: uuid.UUID | None = None
     data_type: DataTypeFilter = DataTypeFilter.BOTH
     dry_run: bool = False
@@ -68,7 +90,7 @@ class ProcessRequest(_Request):
 class RetryRequest(_Request):
     """`stsyncctl retry`: re-run recent failed or timed-out syncs."""
 
-    max_age_hours: Annotated[float, Field(gt=0)] = 24.0
+    max_age_hours: Annotated[float, Field(gt=0, le=24 * 366)] = 24.0
     max_retries: Annotated[int, Field(ge=1)] = 10
     exclude_auth_errors: bool = False
     dry_run: bool = False
@@ -79,11 +101,11 @@ class RetryRequest(_Request):
 class CredentialAdd(_Request):
     """`stsyncctl credentials add`; the secret travels only over the local socket."""
 
-    company_id: Annotated[str, Field(min_length=1, max_length=200)]
-    company_name: Annotated[str, Field(min_length=1, max_length=500)]
+    company_id: Annotated[CompanyId, Field(min_length=1)]
+    company_name: Annotated[Text, Field(min_length=1, max_length=500)]
     environment: Environment
-    tenant_id: Annotated[int, Field(gt=0)]
-    client_id: Annotated[str, Field(min_length=1, max_length=500)]
+    tenant_id: Annotated[int, Field(gt=0, le=BIGINT_MAX)]
+    client_id: Annotated[Text, Field(min_length=1, max_length=500)]
     client_secret: SecretStr
     app_key: SecretStr | None = None
     schedule_enabled: bool = True
@@ -92,12 +114,30 @@ class CredentialAdd(_Request):
 class CredentialUpdate(_Request):
     """`stsyncctl credentials update`: only what is given changes."""
 
-    company_name: Annotated[str, Field(min_length=1, max_length=500)] | None = None
-    client_id: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+    company_name: Annotated[Text, Field(min_length=1, max_length=500)] | None = None
+    client_id: Annotated[Text, Field(min_length=1, max_length=500)] | None = None
     client_secret: SecretStr | None = None
     app_key: SecretStr | None = None
     clear_app_key: bool = False
     schedule_enabled: bool | None = None
+
+
+class CredentialsQuery(_Request):
+    """Filters of `GET /v1/credentials`."""
+
+    environment: Environment | None = None
+    company_id: CompanyId | None = None
+
+
+class DeadLettersQuery(_Request):
+    """Filters of `stsyncctl dead-letters`: open ones only unless `include_resolved`."""
+
+    credential_id: uuid.UUID | None = None
+    company_id: CompanyId | None = None
+    environment: Environment | None = None
+    data_type: DataType | None = None
+    include_resolved: bool = False
+    limit: Annotated[int, Field(ge=1, le=10_000)] = 50
 
 
 class ErrorBody(BaseModel):
@@ -151,6 +191,7 @@ class StatusSummary(TypedDict):
     total_records_processed: int
     total_records_failed: int
     mean_duration_seconds: float | None
+    dead_letters: int  # open (unresolved) ones, under the same company filter
 
 
 class SkippedView(TypedDict):
@@ -267,6 +308,31 @@ class CredentialView(TypedDict):
     created_at: str
     updated_at: str
     last_success: dict[str, str | None]
+
+
+class DeadLetterView(TypedDict):
+    """A record that could not be stored; `raw` is it as received (UTF-8, bad bytes escaped)."""
+
+    id: int
+    sync_id: str | None
+    credential_id: str | None
+    company_id: str | None  # None once its credential is removed
+    company: str | None
+    environment: str
+    tenant_id: int
+    data_type: str
+    record_id: str | None
+    reason: str
+    raw: str
+    created_at: str
+    resolved_at: str | None  # when a later sync stored the record; None while open
+
+
+class DeadLetters(TypedDict):
+    """`GET /v1/dead-letters`: one page, and how many match in all."""
+
+    dead_letters: list[DeadLetterView]
+    total: int
 
 
 class Health(TypedDict):

@@ -1,7 +1,10 @@
 """The control socket's HTTP server: aiohttp on a Unix socket, peers checked with SO_PEERCRED.
 
 Handlers translate between the protocol and the daemon's parts; they hold no state of their own.
-Errors become `{"message", "code"}` with a 4xx/5xx status and never disturb the daemon.
+Errors become `{"message", "code"}` with a 4xx/5xx status and never disturb the daemon: requests
+aiohttp cannot even parse included, each costing one warning line rather than a traceback. A 503
+means the database is unavailable, never that a value was bad (values are checked before they
+reach PostgreSQL).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import grp
 import logging
 import os
+import re
 import socket
 import struct
 import time
@@ -24,23 +28,34 @@ from typing import Any
 import asyncpg
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
 from .. import __version__
+from ..daemon.events import EventQueue
 from ..daemon.report import build_report
-from ..daemon.views import credential_view, iso, summarize, sync_view_from_row
-from ..enums import CredentialStatus, Environment
+from ..daemon.views import (
+    credential_view,
+    dead_letter_view,
+    iso,
+    summarize,
+    sync_view_from_row,
+)
+from ..enums import CredentialStatus
 from ..errors import ConflictError, NotFoundError, StsyncError
 from ..logs import log_event
 from ..servicetitan import ServiceTitanClient
 from ..store.credentials import CredentialStore, NewCredential
-from ..store.db import DB_ERRORS, describe_db_error
+from ..store.db import DB_ERRORS, describe_db_error, is_bad_value
 from ..store.sql import QUERIES
 from .protocol import (
     API_PREFIX,
     NDJSON,
     CredentialAdd,
+    CredentialsQuery,
     CredentialUpdate,
+    DeadLetters,
+    DeadLettersQuery,
     Health,
     ProcessRequest,
     RetryRequest,
@@ -49,6 +64,11 @@ from .protocol import (
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY_BYTES = 1024 * 1024
+# How often a progress stream with no event to send checks that its client is still there.
+_CLIENT_CHECK_SECONDS = 1.0
+# What a client can make aiohttp raise while it parses a request or its body.
+_CLIENT_FAULTS: tuple[type[BaseException], ...] = (HttpProcessingError, web.RequestPayloadError)
 
 
 def _dumps(value: Any) -> bytes:
@@ -61,6 +81,64 @@ def json_response(value: Any, status: int = 200) -> web.Response:
 
 def error_response(status: int, code: str, message: str) -> web.Response:
     return json_response({"message": message, "code": code}, status=status)
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    """aiohttp's parser messages echo the offending bytes: keep the first line, without them."""
+    line = text.strip().split("\n", 1)[0]
+    line = re.split(r":\s*(?:b['\"]|bytearray\()", line, maxsplit=1)[0]
+    return line.strip().rstrip(":")[:limit]
+
+
+def _fault_text(exc: BaseException) -> str:
+    """What aiohttp found wrong with a request or its body, in one line."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else exc
+    message = cause.message if isinstance(cause, HttpProcessingError) else str(cause)
+    return _first_line(str(message)) or type(exc).__name__
+
+
+class ControlProtocol(web.RequestHandler):
+    """aiohttp's HTTP/1.1 protocol, answering what it cannot parse in the protocol's error shape.
+
+    Garbage, broken framing or oversized headers never reach the application; their answer is still
+    `{"message", "code"}`, and they are logged as one warning line: whoever can reach the socket
+    must not be able to fill the journal with tracebacks.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, ConnectionError):
+            # The client went away (while told to go on with its body, say): nobody to answer.
+            log_event(logger, logging.DEBUG, "control.client_gone", error=str(exc))
+            text, code = "the client closed the connection", "bad_request"
+        elif status >= 500:
+            logger.critical("control.crashed", exc_info=exc)
+            text = f"internal error: {type(exc).__name__}" if exc else "internal error"
+            code = "internal"
+        else:
+            reason = _first_line(message or "") or (_fault_text(exc) if exc else "bad request")
+            log_event(
+                logger, logging.WARNING, "control.malformed_request", status=status, error=reason
+            )
+            text, code = f"malformed HTTP request: {reason}", "bad_request"
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was already under way; cannot send an error instead")
+        response = error_response(status, code, text)
+        response.force_close()
+        return response
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, _CLIENT_FAULTS):
+            # A body we answered already and aiohttp still drains (a broken gzip stream, say).
+            log_event(logger, logging.WARNING, "control.malformed_request", error=_fault_text(exc))
+            return
+        super().log_exception(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -136,6 +214,7 @@ class ControlServer:
         self._mode = socket_mode
         self._access = Access(allowed_group)
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.AbstractServer | None = None
 
     @property
     def path(self) -> Path:
@@ -143,7 +222,7 @@ class ControlServer:
 
     async def start(self) -> None:
         await _claim_socket_path(self._path)
-        app = web.Application(middlewares=[self._guard], client_max_size=1024 * 1024)
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY_BYTES)
         routes = [
             web.get(f"{API_PREFIX}/health", self.health),
             web.get(f"{API_PREFIX}/status", self.status),
@@ -162,13 +241,24 @@ class ControlServer:
             web.post(f"{API_PREFIX}/credentials/{{id}}/enable", self.credentials_enable),
             web.post(f"{API_PREFIX}/credentials/{{id}}/disable", self.credentials_disable),
             web.post(f"{API_PREFIX}/credentials/{{id}}/test", self.credentials_test),
+            web.get(f"{API_PREFIX}/dead-letters", self.dead_letters),
         ]
         app.add_routes(routes)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
+        server, loop = self._runner.server, asyncio.get_running_loop()
+        assert server is not None
+
+        # No access log, as given to the AppRunner (aiohttp types it as a Logger; None turns it off).
+        options: dict[str, Any] = {"access_log": None}
+
+        def protocol() -> ControlProtocol:
+            # As web.UnixSite would serve it, but with our answers to unparsable requests.
+            return ControlProtocol(server, loop=loop, **options)
+
         old_umask = os.umask(0o777 & ~self._mode)
         try:
-            await web.UnixSite(self._runner, str(self._path)).start()
+            self._listener = await loop.create_unix_server(protocol, str(self._path))
         finally:
             os.umask(old_umask)
         os.chmod(self._path, self._mode)
@@ -176,6 +266,9 @@ class ControlServer:
             os.chown(self._path, -1, self._access.gid)
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -202,7 +295,13 @@ class ControlServer:
         except web.HTTPException as exc:
             if exc.status >= 400:
                 code = "not_found" if exc.status == 404 else "bad_request"
-                return error_response(exc.status, code, exc.reason)
+                message = exc.reason
+                if exc.status == 413:
+                    message = f"the body is larger than the {MAX_BODY_BYTES} bytes allowed"
+                response = error_response(exc.status, code, message)
+                if "Allow" in exc.headers:
+                    response.headers["Allow"] = exc.headers["Allow"]
+                return response
             raise
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -219,6 +318,17 @@ class ControlServer:
                 str(exc),
             )
         except DB_ERRORS as exc:
+            if is_bad_value(exc):
+                # A value the protocol models should have refused: still the request's fault, not
+                # an outage. Neither the answer nor the log repeats the value.
+                log_event(
+                    logger, logging.WARNING, "control.value_refused", error=type(exc).__name__
+                )
+                return error_response(
+                    400,
+                    "bad_request",
+                    "a value cannot be stored (out of range, or text with a NUL character)",
+                )
             return error_response(
                 503, "unavailable", f"database unavailable: {describe_db_error(exc)}"
             )
@@ -232,7 +342,12 @@ class ControlServer:
 
     @staticmethod
     async def _body(request: web.Request, model: type[BaseModel]) -> Any:
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except _CLIENT_FAULTS as exc:
+            raise web.HTTPBadRequest(
+                reason=f"the body cannot be read: {_fault_text(exc)}"
+            ) from None
         try:
             data = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError:
@@ -304,16 +419,17 @@ class ControlServer:
             return json_response(await runner.plan_for(body))
         run = await runner.start(body)
         queue = runner.subscribe(run)
-        response = web.StreamResponse(headers={"Content-Type": NDJSON})
-        await response.prepare(request)
-        with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
-            while True:
-                event = await queue.get()
-                if event is None:
-                    break
-                await response.write(_dumps(event) + b"\n")
-            await response.write_eof()
-        return response
+        try:
+            response = web.StreamResponse(headers={"Content-Type": NDJSON})
+            await response.prepare(request)
+            with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
+                while (event := await _next_event(request, queue)) is not None:
+                    await response.write(_dumps(event) + b"\n")
+                await response.write_eof()
+            return response
+        finally:
+            # The run goes on without this client; its queue must not stay behind.
+            runner.unsubscribe(run, queue)
 
     async def process(self, request: web.Request) -> web.StreamResponse:
         return await self._run(request, await self._body(request, ProcessRequest))
@@ -366,6 +482,10 @@ class ControlServer:
             raise web.HTTPBadRequest(reason="hours must be between 0 and 8784")
         return json_response(await build_report(self._daemon.pool, hours))
 
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        query = DeadLettersQuery.model_validate(dict(request.query))
+        return json_response(await dead_letters_document(self._daemon.pool, query))
+
     # -- credentials -------------------------------------------------------------------------
 
     @property
@@ -382,16 +502,9 @@ class ControlServer:
         return credential_view(credential, last)
 
     async def credentials_list(self, request: web.Request) -> web.Response:
-        env = request.query.get("environment")
-        try:
-            environment = Environment(env) if env else None
-        except ValueError:
-            raise web.HTTPBadRequest(
-                reason="environment must be integration or production"
-            ) from None
-        found = await self._store.list(
-            environment=environment, company_id=request.query.get("company_id") or None
-        )
+        # An empty filter is no filter, as it always was here.
+        query = CredentialsQuery.model_validate({k: v for k, v in request.query.items() if v})
+        found = await self._store.list(environment=query.environment, company_id=query.company_id)
         last: dict[uuid.UUID, dict[str, datetime | None]] = {}
         for r in await self._daemon.pool.fetch(QUERIES["last_success"], [c.id for c in found]):
             last.setdefault(r["credential_id"], {})[r["data_type"]] = r["completed_at"]
@@ -503,7 +616,40 @@ async def status_document(pool: asyncpg.Pool, query: StatusQuery) -> dict[str, A
     filters = (query.company_id, query.running_only, query.failed_only, since)
     rows = await pool.fetch(QUERIES["select_syncs"], *filters, None, query.limit)
     stats = await pool.fetch(QUERIES["summarize_syncs"], *filters)
-    return {"syncs": [sync_view_from_row(r) for r in rows], "summary": summarize(stats)}
+    dead = await pool.fetchval(QUERIES["count_open_dead_letters"], query.company_id)
+    return {
+        "syncs": [sync_view_from_row(r) for r in rows],
+        "summary": summarize(stats, dead_letters=dead),
+    }
+
+
+async def dead_letters_document(pool: asyncpg.Pool, query: DeadLettersQuery) -> DeadLetters:
+    """One page of the matching dead letters, newest first, and how many match in all."""
+    rows = await pool.fetch(
+        QUERIES["select_dead_letters"],
+        query.credential_id,
+        query.company_id,
+        query.environment.value if query.environment else None,
+        query.data_type.value if query.data_type else None,
+        query.include_resolved,
+        query.limit,
+    )
+    return {
+        "dead_letters": [dead_letter_view(r) for r in rows],
+        "total": rows[0]["total"] if rows else 0,
+    }
+
+
+async def _next_event(request: web.Request, queue: EventQueue) -> dict[str, Any] | None:
+    """The next event of a run's stream; None at its end, or once the client has gone (a quiet
+    stretch of a run must not keep a closed connection's queue)."""
+    while True:
+        try:
+            return await asyncio.wait_for(queue.get(), _CLIENT_CHECK_SECONDS)
+        except TimeoutError:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return None
 
 
 def _occupied(path: Path) -> bool:

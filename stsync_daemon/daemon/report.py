@@ -40,12 +40,13 @@ async def build_report(pool: asyncpg.Pool, hours: float) -> Report:
     ]
     query = StatusQuery()
     stats = await pool.fetch(QUERIES["summarize_syncs"], query.company_id, False, False, since)
+    dead = await pool.fetchval(QUERIES["count_open_dead_letters"], query.company_id)
     return {
         "generated_at": iso(now) or "",
         "since": iso(since) or "",
         "hours": hours,
         "rows": rows,
-        "summary": summarize(stats),
+        "summary": summarize(stats, dead_letters=dead),
     }
 
 

@@ -63,6 +63,7 @@ from ..sync.engine import (
     SyncRequest,
     SyncResult,
 )
+from .events import SUBSCRIBER_BOUND, EventQueue
 from .scheduler import TickSkipped
 from .views import iso, skipped_view, sync_view_from_row
 
@@ -125,7 +126,7 @@ class Run:
     timeout_seconds: float
     started_at: datetime
     task: asyncio.Task[RunSummary] | None = None
-    subscribers: list[asyncio.Queue[Event | None]] = field(default_factory=list)
+    subscribers: list[EventQueue] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_status: SyncStatus | None = None
     stop_waiting: bool = False
@@ -135,6 +136,7 @@ class Run:
         return len({item.credential.id for item in self.items})
 
     def publish(self, event: Event) -> None:
+        # Never blocks: a subscriber that falls behind loses progress events, nothing else.
         for queue in self.subscribers:
             queue.put_nowait(event)
 
@@ -497,12 +499,18 @@ class Runner:
             with contextlib.suppress(ValueError):
                 self._cancel_local(uuid.UUID(value), SyncStatus.CANCELLED)
 
-    def subscribe(self, run: Run) -> asyncio.Queue[Event | None]:
-        """A queue of this run's events, ending with None after `run.finished`."""
-        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+    def subscribe(self, run: Run, *, bound: int = SUBSCRIBER_BOUND) -> EventQueue:
+        """A bounded queue of this run's events, ending with None after `run.finished`; whoever
+        subscribes must `unsubscribe` when done (or gone), so that no queue outlives its reader."""
+        queue = EventQueue(bound)
         queue.put_nowait(self._started_event(run))
         run.subscribers.append(queue)
         return queue
+
+    def unsubscribe(self, run: Run, queue: EventQueue) -> None:
+        """Stop delivering a run's events to a queue; harmless if it was removed already."""
+        with contextlib.suppress(ValueError):
+            run.subscribers.remove(queue)
 
     def _started_event(self, run: Run) -> Event:
         return {

@@ -7,7 +7,13 @@ from typing import Any
 
 import asyncpg
 
-from ..control.protocol import CredentialView, SkippedView, StatusSummary, SyncView
+from ..control.protocol import (
+    CredentialView,
+    DeadLetterView,
+    SkippedView,
+    StatusSummary,
+    SyncView,
+)
 from ..enums import DataType
 from ..store.credentials import Credential
 from ..sync.engine import SyncResult
@@ -119,8 +125,8 @@ def credential_view(
     }
 
 
-def summarize(stats: list[asyncpg.Record]) -> StatusSummary:
-    """Statistics from `summarize_syncs` rows."""
+def summarize(stats: list[asyncpg.Record], *, dead_letters: int) -> StatusSummary:
+    """Statistics from `summarize_syncs` rows, and the count of open dead letters."""
     by_status = {r["status"]: r["n"] for r in stats}
     total = sum(by_status.values())
     finished = total - by_status.get("running", 0)
@@ -135,4 +141,25 @@ def summarize(stats: list[asyncpg.Record]) -> StatusSummary:
         "mean_duration_seconds": (
             round(float(sum(float(m) * n for m, n in durations)) / weight, 3) if weight else None
         ),
+        "dead_letters": dead_letters,
+    }
+
+
+def dead_letter_view(row: asyncpg.Record) -> DeadLetterView:
+    """A `select_dead_letters` row; the raw bytes as text, anything not UTF-8 escaped (`\\xff`)."""
+    raw: bytes | None = row["raw"]
+    return {
+        "id": row["id"],
+        "sync_id": _str(row["sync_id"]),
+        "credential_id": _str(row["credential_id"]),
+        "company_id": row["company_id"],
+        "company": row["company_name"],
+        "environment": row["environment"],
+        "tenant_id": row["tenant_id"],
+        "data_type": row["data_type"],
+        "record_id": row["record_id"],
+        "reason": row["reason"],
+        "raw": raw.decode("utf-8", errors="backslashreplace") if raw is not None else "",
+        "created_at": iso(row["created_at"]) or "",
+        "resolved_at": iso(row["resolved_at"]),
     }

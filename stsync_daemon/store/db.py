@@ -71,6 +71,14 @@ def describe_db_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def is_bad_value(exc: BaseException) -> bool:
+    """Whether a database error was caused by a value passed in (out of range, a NUL in text)
+    rather than by the database: asyncpg refusing to encode it, or PostgreSQL's data exceptions."""
+    if isinstance(exc, asyncpg.DataError):  # SQLSTATE class 22
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError)
+
+
 DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,

@@ -175,6 +175,31 @@ DELETE FROM pg_temp.stsync_stage_customers;
 -- name: clear_stage_invoices
 DELETE FROM pg_temp.stsync_stage_invoices;
 
+-- name: select_dead_letters
+-- Dead letters matching the filters, newest first, at most $6, each with how many match in all.
+-- Rows from before migration 0005 have no `raw`: their payload's JSON text stands in.
+SELECT d.id, d.sync_id, d.credential_id, c.company_id, co.name AS company_name, d.environment,
+       d.tenant_id, d.data_type, d.record_id, d.reason,
+       coalesce(d.raw, convert_to(d.payload::text, 'UTF8')) AS raw,
+       d.created_at, d.resolved_at, count(*) OVER () AS total
+FROM stsync.dead_letters d
+LEFT JOIN stsync.credentials c ON c.id = d.credential_id
+LEFT JOIN stsync.companies co ON co.id = c.company_id
+WHERE ($1::uuid IS NULL OR d.credential_id = $1)
+  AND ($2::text IS NULL OR c.company_id = $2)
+  AND ($3::text IS NULL OR d.environment = $3)
+  AND ($4::text IS NULL OR d.data_type = $4)
+  AND ($5::boolean OR d.resolved_at IS NULL)
+ORDER BY d.created_at DESC, d.id DESC
+LIMIT $6;
+
+-- name: count_open_dead_letters
+-- Unresolved dead letters of one company, or of all when $1 is NULL (the status summary's count).
+SELECT count(*)
+FROM stsync.dead_letters d
+LEFT JOIN stsync.credentials c ON c.id = d.credential_id
+WHERE d.resolved_at IS NULL AND ($1::text IS NULL OR c.company_id = $1);
+
 -- name: analyze_customers
 ANALYZE servicetitan.customers;
 

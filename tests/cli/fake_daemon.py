@@ -18,6 +18,8 @@ from stsync_daemon.control.protocol import (
     API_PREFIX,
     NDJSON,
     CredentialView,
+    DeadLetters,
+    DeadLetterView,
     Health,
     Plan,
     PlanItem,
@@ -98,7 +100,7 @@ RUNNING_SYNC = sync_view(
 ALL_SYNCS = [RUNNING_SYNC, sync_view(), FAILED_SYNC]
 
 
-def status_summary(syncs: list[SyncView]) -> StatusSummary:
+def status_summary(syncs: list[SyncView], dead_letters: int = 0) -> StatusSummary:
     by_status: dict[str, int] = {}
     for sync in syncs:
         by_status[sync["status"]] = by_status.get(sync["status"], 0) + 1
@@ -110,7 +112,99 @@ def status_summary(syncs: list[SyncView]) -> StatusSummary:
         "total_records_processed": sum(s["records_processed"] for s in syncs),
         "total_records_failed": sum(s["records_failed"] for s in syncs),
         "mean_duration_seconds": 47.5 if finished else None,
+        "dead_letters": dead_letters,
     }
+
+
+LONG_REASON = (
+    "the record cannot be stored: PostgreSQL text cannot hold the NUL character (\\u0000) found "
+    "in field 'name' of customer 98765; fix it in ServiceTitan and the next sync stores it"
+)
+
+
+def dead_letter(**overrides: Any) -> DeadLetterView:
+    """An open dead letter of Acme HVAC's customers unless told otherwise."""
+    view: DeadLetterView = {
+        "id": 3,
+        "sync_id": SYNC_OK,
+        "credential_id": CRED_A,
+        "company_id": "1042",
+        "company": "Acme HVAC",
+        "environment": "production",
+        "tenant_id": 123456789,
+        "data_type": "customers",
+        "record_id": "98765",
+        "reason": LONG_REASON,
+        "raw": '{"id": 98765, "name": "A\\u0000B"}',
+        "created_at": "2024-05-01T10:00:40Z",
+        "resolved_at": None,
+    }
+    view.update(overrides)  # type: ignore[typeddict-item]
+    return view
+
+
+# Newest first, as the daemon sends them: one whose credential was removed, two open, one resolved.
+ALL_DEAD_LETTERS = [
+    dead_letter(
+        id=4,
+        sync_id=None,
+        credential_id="cccccccc-cccc-4ccc-8ccc-cccccccccccc",
+        company_id=None,
+        company=None,
+        data_type="invoices",
+        record_id="777",
+        reason="invoice 777 has no customerId",
+        raw='{"id": 777}',
+        created_at="2024-05-01T10:00:50Z",
+    ),
+    dead_letter(),
+    dead_letter(
+        id=2,
+        sync_id=SYNC_FAILED,
+        credential_id=CRED_B,
+        company_id="2077",
+        company="Bolt Plumbing",
+        environment="integration",
+        tenant_id=555,
+        data_type="invoices",
+        record_id="5551",
+        reason="the record is not valid UTF-8",
+        raw='{"id": 5551, "summary": "caf\\xe9"}',
+        created_at="2024-05-01T10:00:03Z",
+    ),
+    dead_letter(
+        id=1,
+        record_id="12",
+        reason="customer 12 has no modifiedOn",
+        raw='{"id": 12}',
+        created_at="2024-04-30T08:00:00Z",
+        resolved_at="2024-05-01T10:01:30Z",
+    ),
+]
+
+
+def open_dead_letters(company_id: str | None = None) -> int:
+    return sum(
+        1
+        for item in ALL_DEAD_LETTERS
+        if item["resolved_at"] is None and company_id in (None, item["company_id"])
+    )
+
+
+def dead_letters_document(query: dict[str, str]) -> DeadLetters:
+    """What the fake answers to `GET /v1/dead-letters` with this query."""
+    found = [
+        item
+        for item in ALL_DEAD_LETTERS
+        if (query.get("include_resolved") == "true" or item["resolved_at"] is None)
+        and all(
+            query[key] == item[key]  # type: ignore[literal-required]
+            for key in ("credential_id", "company_id", "environment", "data_type")
+            if key in query
+        )
+    ]
+    limit = int(query.get("limit", "50"))
+    return {"dead_letters": found[:limit], "total": len(found)}
 
 
 def credential_view(credential_id: str = CRED_A, **overrides: Any) -> CredentialView:
@@ -234,6 +328,7 @@ class FakeDaemon:
                 web.post(f"{API_PREFIX}/credentials/{{id}}/enable", self.credential),
                 web.post(f"{API_PREFIX}/credentials/{{id}}/disable", self.credential),
                 web.post(f"{API_PREFIX}/credentials/{{id}}/test", self.credentials_test),
+                web.get(f"{API_PREFIX}/dead-letters", self.dead_letters),
             ]
         )
         self.runner = web.AppRunner(
@@ -298,7 +393,7 @@ class FakeDaemon:
             syncs = [s for s in syncs if s["status"] in ("failed", "timed_out")]
         if "company_id" in request.query:
             syncs = [s for s in syncs if s["company_id"] == request.query["company_id"]]
-        summary = status_summary(syncs)
+        summary = status_summary(syncs, open_dead_letters(request.query.get("company_id")))
         limit = int(request.query.get("limit", "50"))
         return web.json_response({"syncs": syncs[:limit], "summary": summary})
 
@@ -431,9 +526,15 @@ class FakeDaemon:
                     "last_error": None,
                 }
             ],
-            "summary": status_summary(ALL_SYNCS),
+            "summary": status_summary(ALL_SYNCS, open_dead_letters()),
         }
         return web.json_response(body)
+
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        limit = request.query.get("limit", "50")
+        if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+            return self.error(400, "bad_request", "limit: must be between 1 and 10000")
+        return web.json_response(dead_letters_document(dict(request.query)))
 
     async def credentials_list(self, request: web.Request) -> web.Response:
         return web.json_response(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from stsync_daemon.enums import DataType, Environment
 from stsync_daemon.sandbox import FaultRule, Sandbox, SandboxConfig
 from tests.support import daemon_settings, tenant, write_key
 
+from . import fake_daemon
 from .conftest import STSYNCCTL, Result, cli_env, run_as_nobody, run_cli
 
 PROD, INTEG = Environment.PRODUCTION, Environment.INTEGRATION
@@ -465,3 +467,69 @@ async def test_runs_and_report(daemon: DaemonProcess) -> None:
     report = await ctl("report", "--last-24h")
     assert report.code == 0 and "Company 303" in report.stdout
     assert (await ctl.json("report", "--hours", "2"))["hours"] == 2
+
+
+async def test_dead_letters_and_their_count_in_status(
+    daemon: DaemonProcess, database_dsn: str
+) -> None:
+    """The real daemon's dead letters, as the fake daemon's contract has them."""
+    ctl = Operator(daemon)
+    credential = await ctl.add(TENANTS[0])
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        rows = [
+            (b'{"id": 1, "name": "A\\u0000B"}', False),
+            (b'{"id": 2, "x": "\xff"}', False),
+            (b'{"id": 3}', True),
+        ]
+        for n, (raw, resolved) in enumerate(rows):
+            await conn.execute(
+                "INSERT INTO stsync.dead_letters (credential_id, environment, tenant_id, "
+                "data_type, record_id, reason, raw, created_at, resolved_at) VALUES ($1, "
+                "'production', $2, 'customers', $3, 'cannot store it', $4, "
+                "now() - make_interval(mins => $5), CASE WHEN $6 THEN now() END)",
+                uuid.UUID(credential),
+                TENANTS[0].tenant_id,
+                str(n + 1),
+                raw,
+                n,
+                resolved,
+            )
+    finally:
+        await conn.close()
+
+    document = await ctl.json("dead-letters")
+    fake = fake_daemon.dead_letters_document({})
+    assert set(document) == set(fake)
+    assert [set(item) for item in document["dead_letters"]] == [set(fake["dead_letters"][0])] * 2
+    assert [item["record_id"] for item in document["dead_letters"]] == ["1", "2"]
+    assert document["total"] == 2
+    assert document["dead_letters"][1]["raw"] == '{"id": 2, "x": "\\xff"}'
+    assert document["dead_letters"][0]["company"] == "Company 301"
+
+    table = await ctl("dead-letters", "--all", "-c", "co301", "-d", "customers")
+    assert table.code == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:2] == ["ID", "Company"]
+    assert len(lines) == 1 + 3 + 2 and lines[-1] == "3 dead letters (showing 3)"
+    assert (await ctl("dead-letters", "-e", "integration")).stdout == (
+        "No open dead letters found matching the criteria\n"
+    )
+
+    status = await ctl.json("status")
+    assert set(status["summary"]) == set(fake_daemon.status_summary([]))
+    assert status["summary"]["dead_letters"] == 2
+    assert (await ctl.json("status", "-c", "nobody"))["summary"]["dead_letters"] == 0
+    text = await ctl("status", "-r")
+    assert text.stdout.splitlines() == [
+        "No sync operations found matching the criteria",
+        "2 open dead letters: see `stsyncctl dead-letters`",
+    ]
+
+    status_code, body = await daemon.request("GET", "/v1/dead-letters?limit=10001")
+    assert status_code == 400 and body["message"].startswith("limit: ")
+    status_code, body = await daemon.request("GET", "/v1/dead-letters?data_type=both")
+    assert status_code == 400 and body["message"].startswith("data_type: ")
+    status_code, body = await daemon.request("GET", "/v1/dead-letters?include_resolved=maybe")
+    assert status_code == 400 and body["message"].startswith("include_resolved: ")
+    ctl.assert_no_secret()

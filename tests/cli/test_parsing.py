@@ -15,6 +15,7 @@ from stsync_daemon.cli.stsyncctl import UsageError, build_parser, read_secret, s
 from stsync_daemon.control.protocol import (
     CredentialAdd,
     CredentialUpdate,
+    DeadLettersQuery,
     ProcessRequest,
     RetryRequest,
     StatusQuery,
@@ -91,6 +92,7 @@ COMMANDS = [
     ["runs"],
     ["cancel"],
     ["report"],
+    ["dead-letters"],
     ["health"],
 ]
 
@@ -174,6 +176,13 @@ def test_process_options(argv: list[str], expected: dict[str, Any]) -> None:
         (["credentials", "update", CRED, "-e", "production"], "--environment"),
         (["credentials", "update", CRED, "--company-id", "7"], "--company-id"),
         (["credentials", "update", CRED, "--schedule", "--no-schedule"], "--no-schedule"),
+        (["dead-letters", "--limit", "0"], "--limit"),
+        (["dead-letters", "--limit", "10001"], "--limit"),
+        (["dead-letters", "-d", "jobs"], "-d/--data-type"),
+        (["dead-letters", "-e", "staging"], "-e/--environment"),
+        (["dead-letters", "--credential-id", "42"], "--credential-id"),
+        (["dead-letters", "-c", "x" * 201], "--company-id"),
+        (["status", "-c", "a\x00b"], "--company-id"),
         (["nonsense"], "nonsense"),
     ],
 )
@@ -213,6 +222,35 @@ def test_retry_defaults_and_options() -> None:
         max_age_hours=12, max_retries=3, exclude_auth_errors=True, dry_run=True
     )
     assert prepare("retry", "--max-age", "0.5").max_age_hours == 0.5
+
+
+def test_dead_letters_defaults_and_options() -> None:
+    assert prepare("dead-letters") == DeadLettersQuery()
+    assert prepare("dead-letters", "-d", "both") == DeadLettersQuery()
+    assert prepare(
+        "dead-letters",
+        "-c",
+        "1042",
+        "--credential-id",
+        CRED.upper(),
+        "-e",
+        "integration",
+        "-d",
+        "invoices",
+        "--all",
+        "--limit",
+        "10000",
+    ) == DeadLettersQuery(
+        company_id="1042",
+        credential_id=uuid.UUID(CRED),
+        environment=Environment.INTEGRATION,
+        data_type="invoices",
+        include_resolved=True,
+        limit=10_000,
+    )
+    assert prepare("dead-letters", "--company-id", "7", "--data-type", "customers") == (
+        DeadLettersQuery(company_id="7", data_type="customers")
+    )
 
 
 def test_report_runs_cancel_arguments() -> None:

@@ -24,6 +24,7 @@ from .fake_daemon import (
     SYNC_RUNNING,
     UNKNOWN,
     FakeDaemon,
+    dead_letters_document,
 )
 
 
@@ -44,6 +45,7 @@ async def test_status_table_and_summary(fake_daemon: FakeDaemon) -> None:
     assert "Error" in header
     assert SYNC_RUNNING in lines[1] and "Running" in lines[1]
     assert "Summary" in result.stdout and "Success rate:      50.0%" in result.stdout
+    assert "  Dead letters:      3 open (stsyncctl dead-letters)" in lines
     seen = fake_daemon.last()
     assert (seen.method, seen.path, seen.query) == ("GET", "/v1/status", {"limit": "50"})
 
@@ -78,6 +80,21 @@ async def test_status_empty(fake_daemon: FakeDaemon) -> None:
     assert result.stdout == "No sync operations found matching the criteria\n"
 
 
+async def test_status_shows_open_dead_letters_only_when_there_are_some(
+    fake_daemon: FakeDaemon,
+) -> None:
+    bolt = await run_cli(*sock(fake_daemon), "status", "-c", "2077")
+    assert bolt.code == 0
+    assert "  Dead letters:      1 open (stsyncctl dead-letters)" in bolt.stdout.splitlines()
+    nothing_running = await run_cli(*sock(fake_daemon), "status", "-c", "2077", "-r")
+    assert nothing_running.stdout == (
+        "No sync operations found matching the criteria\n"
+        "1 open dead letter: see `stsyncctl dead-letters`\n"
+    )
+    as_json = await run_cli(*sock(fake_daemon), "--json-output", "status", "-c", "1042")
+    assert json.loads(as_json.stdout)["summary"]["dead_letters"] == 1
+
+
 async def test_status_json_is_the_daemons_document(fake_daemon: FakeDaemon) -> None:
     for argv in (["--json-output", "status"], ["status", "--json-output"]):
         result = await run_cli(*sock(fake_daemon), *argv)
@@ -104,6 +121,7 @@ async def test_status_json_is_the_daemons_document(fake_daemon: FakeDaemon) -> N
         ):
             assert key in document["syncs"][0]
         assert document["summary"]["total_syncs"] == 3
+        assert document["summary"]["dead_letters"] == 3
 
 
 async def test_socket_from_the_environment(fake_daemon: FakeDaemon) -> None:
@@ -504,6 +522,125 @@ async def test_cancel(fake_daemon: FakeDaemon) -> None:
     missing = await run_cli(*sock(fake_daemon), "cancel", UNKNOWN)
     assert missing.code == 1
     assert missing.stderr == f"stsyncctl: no running run or sync with id {UNKNOWN}\n"
+
+
+# -- dead letters -----------------------------------------------------------------------------
+
+
+async def test_dead_letters_table_and_count(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli(*sock(fake_daemon), "dead-letters")
+    assert result.code == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "ID",
+        "Company",
+        "Environment",
+        "Data",
+        "Type",
+        "Record",
+        "ID",
+        "Reason",
+        "Created",
+        "Resolved",
+    ]
+    rows = [line.split() for line in lines[1:4]]
+    assert [row[0] for row in rows] == ["4", "3", "2"]  # newest first, open ones only
+    assert rows[0][1:5] == ["-", "production", "invoices", "777"]  # its credential was removed
+    assert rows[1][1:6] == ["Acme", "HVAC", "production", "customers", "98765"]
+    assert rows[2][-3:] == ["2024-05-01", "10:00:03", "-"]  # created, and still open
+    assert "the record is not valid UTF-8" in lines[3]
+    assert lines[4:] == ["", "3 open dead letters (showing 3)"]
+    seen = fake_daemon.last()
+    assert (seen.method, seen.path, seen.query) == ("GET", "/v1/dead-letters", {"limit": "50"})
+
+
+async def test_dead_letters_reason_is_clipped_to_the_width(fake_daemon: FakeDaemon) -> None:
+    for columns in (200, 120, 100):
+        result = await run_cli(
+            *sock(fake_daemon), "dead-letters", env=cli_env(COLUMNS=str(columns))
+        )
+        assert result.code == 0
+        lines = result.stdout.splitlines()
+        assert all(len(line) <= columns for line in lines), (columns, lines)
+        acme = next(line for line in lines if "98765" in line)
+        assert "the record cannot be" in acme and "..." in acme
+        assert "2024-05-01 10:00:40" in acme
+    assert "Environment" not in lines[0]  # dropped at 100 columns, the reason kept
+
+
+async def test_dead_letters_filters_reach_the_daemon(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli(
+        *sock(fake_daemon),
+        "dead-letters",
+        "-c",
+        "1042",
+        "--credential-id",
+        CRED_A,
+        "-e",
+        "production",
+        "-d",
+        "customers",
+        "--all",
+        "--limit",
+        "5",
+    )
+    assert result.code == 0, result.stderr
+    assert fake_daemon.last().query == {
+        "company_id": "1042",
+        "credential_id": CRED_A,
+        "environment": "production",
+        "data_type": "customers",
+        "include_resolved": "true",
+        "limit": "5",
+    }
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines[1:3]] == ["3", "1"]
+    assert "2024-05-01 10:01:30" in lines[2]  # when it was resolved
+    assert lines[-1] == "2 dead letters (showing 2)"
+
+    both = await run_cli(*sock(fake_daemon), "dead-letters", "-d", "both", "-e", "integration")
+    assert fake_daemon.last().query == {"environment": "integration", "limit": "50"}
+    assert both.stdout.splitlines()[-1] == "1 open dead letter (showing 1)"
+    page = await run_cli(*sock(fake_daemon), "dead-letters", "--limit", "1")
+    assert page.stdout.splitlines()[-1] == "3 open dead letters (showing 1)"
+
+
+async def test_dead_letters_json_is_the_daemons_document(fake_daemon: FakeDaemon) -> None:
+    for argv in (
+        ["--json-output", "dead-letters", "--all"],
+        ["dead-letters", "--all", "--json-output"],
+    ):
+        result = await run_cli(*sock(fake_daemon), *argv)
+        assert result.code == 0 and result.stderr == ""
+        document = json.loads(result.stdout)
+        assert document == dead_letters_document({"include_resolved": "true"})
+        assert document["total"] == 4 and len(document["dead_letters"]) == 4
+        assert set(document["dead_letters"][0]) == {
+            "id",
+            "sync_id",
+            "credential_id",
+            "company_id",
+            "company",
+            "environment",
+            "tenant_id",
+            "data_type",
+            "record_id",
+            "reason",
+            "raw",
+            "created_at",
+            "resolved_at",
+        }
+
+
+async def test_dead_letters_none_is_exit_0(fake_daemon: FakeDaemon) -> None:
+    result = await run_cli(*sock(fake_daemon), "dead-letters", "-c", "nobody")
+    assert (result.code, result.stdout) == (0, "No open dead letters found matching the criteria\n")
+    everything = await run_cli(*sock(fake_daemon), "dead-letters", "-c", "nobody", "--all")
+    assert everything.stdout == "No dead letters found matching the criteria\n"
+    as_json = await run_cli(*sock(fake_daemon), "--json-output", "dead-letters", "-c", "nobody")
+    assert as_json.code == 0
+    assert json.loads(as_json.stdout) == {"dead_letters": [], "total": 0}
 
 
 # -- refusals ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from .fake_daemon import (
     RUNNING_SYNC,
     SCHEDULE,
     credential_view,
+    dead_letter,
     plan_item,
     run_summary,
     status_summary,
@@ -121,6 +122,32 @@ def test_status_summary_statistics() -> None:
     assert "2 shown" in render.status_summary(status_summary(ALL_SYNCS), 2)
     empty = render.status_summary(status_summary([]), 0)
     assert "Success rate:      -" in empty
+    assert "Dead letters" not in text and "Dead letters" not in empty
+    with_dead = render.status_summary(status_summary(ALL_SYNCS, dead_letters=2), 3)
+    assert with_dead.splitlines()[-1] == "  Dead letters:      2 open (stsyncctl dead-letters)"
+
+
+def test_dead_letter_cells_cannot_drive_the_terminal() -> None:
+    assert render.printable("plain text") == "plain text"
+    assert render.printable("a\x1b[31mred\x07") == "a\\x1b[31mred\\x07"
+    assert render.printable("two\nlines\tand\r\nmore") == "two lines and more"
+    assert render.printable("caf\u00e9 \u200b\x9b") == "caf\u00e9 \\u200b\\x9b"
+    hostile = dead_letter(record_id="\x1b]0;pwned\x07", reason="\x1b[2J wiped", company="\x1bc")
+    text = render.dead_letters_table([hostile], 200)
+    assert "\x1b" not in text and "\x07" not in text
+    assert "\\x1b]0;pwned\\x07" in text and "\\x1b[2J wiped" in text
+
+
+def test_dead_letters_count_line() -> None:
+    assert render.dead_letters_count(3, 3, include_resolved=False) == (
+        "3 open dead letters (showing 3)"
+    )
+    assert render.dead_letters_count(1, 1, include_resolved=False) == (
+        "1 open dead letter (showing 1)"
+    )
+    assert render.dead_letters_count(120, 50, include_resolved=True) == (
+        "120 dead letters (showing 50)"
+    )
 
 
 def test_run_summary_block() -> None:

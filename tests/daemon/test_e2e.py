@@ -235,6 +235,41 @@ async def test_timeout_retry_and_auth_failures(
         await daemon.stop()
 
 
+async def test_a_client_gone_mid_run_leaves_the_run_going_and_the_daemon_well(
+    sandbox: Sandbox, database_dsn: str, workdir: Path
+) -> None:
+    daemon = await start_daemon(sandbox, database_dsn, workdir)
+    try:
+        await add_all(daemon)
+        sandbox.set_faults(FaultRule(latency_ms=100))
+        reader, writer = await asyncio.open_unix_connection(str(daemon.socket))
+        body = b'{"environment": "production"}'
+        writer.write(
+            b"POST /v1/process HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        seen = b""
+        while b"sync.started" not in seen:
+            seen += await asyncio.wait_for(reader.read(4096), 30)
+        writer.close()
+        await writer.wait_closed()
+
+        for _ in range(300):
+            status, runs = await daemon.request("GET", "/v1/runs")
+            if runs["runs"][0]["status"] != "running":
+                break
+            await asyncio.sleep(0.1)
+        assert runs["runs"][0]["status"] == "completed"
+        assert runs["runs"][0]["successful_syncs"] == 4
+        status, health = await daemon.request("GET", "/v1/health")
+        assert status == 200 and health["status"] == "ok" and health["running_runs"] == 0
+        sandbox.set_faults()
+        levels = {event["level"] for event in daemon.events()}
+        assert levels <= {"INFO", "WARNING"}, levels
+    finally:
+        await daemon.stop()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 async def test_stop_mid_run_leaves_a_consistent_resumable_database(
     sandbox: Sandbox, database_dsn: str, workdir: Path, signum: int
