@@ -126,6 +126,14 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.dead_letters = Gauge(
+            "stsync_dead_letters",
+            "Records that could not be stored and are not resolved yet (stsyncctl dead-letters).",
+            ["environment", "data_type"],
+            registry=r,
+        )
+        for env, data_type in itertools.product(Environment, DataType):
+            self.dead_letters.labels(env, data_type).set(0)
         self.api_requests = Counter(
             "stsync_api_requests",
             "ServiceTitan API requests, by response status class (error: no response).",
@@ -288,6 +296,13 @@ class Metrics:
         """Drop the series of a removed credential, so it stops feeding staleness alerts."""
         for labels in self._last_success_keys.pop(str(credential_id), {}).values():
             self.last_success_timestamp.remove(*labels)
+
+    def open_dead_letters(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Set the open dead letters per (environment, data type); missing pairs become 0."""
+        for env, data_type in itertools.product(Environment, DataType):
+            self.dead_letters.labels(env, data_type).set(
+                counts.get((env.value, data_type.value), 0)
+            )
 
     def credentials_by_status(self, counts: Mapping[CredentialStatus, int]) -> None:
         """Set the number of credentials per status; statuses missing from `counts` become 0."""

@@ -47,6 +47,10 @@ def test_bad_configuration_is_one_line_naming_the_key(tmp_path: Path) -> None:
         "[sync]\nmax_concurrent = 0\n": "sync.max_concurrent",
         '[[schedules]]\nname = "x"\ncron = "61 * * * *"\n': "schedules.0",
         "[sync\n": "not valid TOML",
+        # Each sync holds a pooled connection: the pool must fit the cap plus housekeeping.
+        "[database]\npool_max_size = 2\n": "database.pool_max_size (2) is too small for "
+        "sync.max_concurrent_total (10) plus 1",
+        "[database]\npool_max_size = 4\n[sync]\nmax_concurrent_total = 4\n": "at least 5",
     }
     for text, expected in cases.items():
         config.write_text(text)

@@ -75,6 +75,7 @@ EXIT_CODES = """\
 exit codes:
   0    all went well (including nothing to do)
   1    the command ran but at least one sync failed or timed out, a credential test failed,
+       health is not ok,
        or the daemon rejected the request (unknown id, conflict, invalid value)
   2    usage error: a bad option or value (one line naming it, plus the usage)
   3    the daemon is not reachable or refuses us: no socket, permission denied, connection

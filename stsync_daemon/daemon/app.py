@@ -134,6 +134,7 @@ class Daemon:
                 self.metrics, settings.metrics.host, settings.metrics.port, verdict=self.verdict
             )
         await self.refresh_credential_metrics()
+        await self.refresh_dead_letter_metrics()
         for row in await self.pool.fetch(QUERIES["all_last_success"]):
             self.metrics.last_success(
                 str(row["credential_id"]),
@@ -173,7 +174,7 @@ class Daemon:
             version=__version__,
             instance=self.instance,
             socket=str(self.control.path),
-            metrics=settings.metrics.listen if settings.metrics.enabled else None,
+            metrics=self.metrics_address,
             schedules=len(settings.schedules),
         )
 
@@ -188,6 +189,10 @@ class Daemon:
     async def refresh_credential_metrics(self) -> None:
         with contextlib.suppress(*DB_ERRORS):
             self.metrics.credentials_by_status(await self.credentials.count_by_status())
+
+    async def refresh_dead_letter_metrics(self) -> None:
+        rows = await self.pool.fetch(QUERIES["open_dead_letters_by_kind"])
+        self.metrics.open_dead_letters({(r["environment"], r["data_type"]): r["n"] for r in rows})
 
     async def schedule_views(self) -> list[ScheduleView]:
         last = {r["schedule_name"]: r for r in await self.pool.fetch(QUERIES["last_schedule_runs"])}
@@ -342,6 +347,7 @@ class Daemon:
                     log_event(logger, logging.WARNING, "sync.orphans_interrupted", syncs=len(swept))
                 await self.runner.sweep(self.settings.cluster.lease_seconds)
                 await self.runner.release_stale_claims()
+                await self.refresh_dead_letter_metrics()
             except DB_ERRORS as exc:
                 log_event(
                     logger, logging.WARNING, "housekeeping.failed", error=describe_db_error(exc)

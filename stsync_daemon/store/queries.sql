@@ -200,6 +200,12 @@ FROM stsync.dead_letters d
 LEFT JOIN stsync.credentials c ON c.id = d.credential_id
 WHERE d.resolved_at IS NULL AND ($1::text IS NULL OR c.company_id = $1);
 
+-- name: open_dead_letters_by_kind
+-- Unresolved dead letters per (environment, data type), for the stsync_dead_letters gauge.
+SELECT environment, data_type, count(*) AS n
+FROM stsync.dead_letters WHERE resolved_at IS NULL
+GROUP BY environment, data_type;
+
 -- name: analyze_customers
 ANALYZE servicetitan.customers;
 
