@@ -68,6 +68,25 @@ async def database_dsn(pg_cluster: PrivateCluster, pg_template: str) -> AsyncIte
 
 
 @pytest.fixture
+async def own_cluster() -> AsyncIterator[PrivateCluster]:
+    """A migrated cluster of this test's own, for tests that stop and start PostgreSQL."""
+    base = Path(tempfile.mkdtemp(prefix="stsync-own-pg-"))
+    os.chmod(base, 0o755)
+    cluster = PrivateCluster(base / "pg", fsync=False)
+    cluster.start()
+    try:
+        conn = await asyncpg.connect(cluster.dsn())
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
 async def empty_database_dsn(pg_cluster: PrivateCluster) -> AsyncIterator[str]:
     """A fresh database with no schema, for migration tests."""
     name = f"e_{os.getpid()}_{next(_counter)}"

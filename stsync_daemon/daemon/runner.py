@@ -149,6 +149,20 @@ class LocalSync:
     sync_id: uuid.UUID
     control: SyncControl
     task: asyncio.Task[None] | None = None
+    # A task cancelled before its first step never runs its cleanup (slot, item, bookkeeping):
+    # one not started yet is told to stop instead, and does so through that cleanup.
+    started: bool = False
+    stop_before_start: bool = False
+
+    def stop(self, status: SyncStatus) -> None:
+        """Cancel it (or, not started yet, have it end at once); `status` says why."""
+        if self.stop_before_start or (self.task is not None and self.task.cancelling()):
+            return  # once is enough: a second cancel would cut its cleanup short
+        self.control.cancel_status = status
+        if not self.started:
+            self.stop_before_start = True
+        elif self.task is not None:
+            self.task.cancel()
 
 
 class Runner:
@@ -627,7 +641,15 @@ class Runner:
         started = False
         unclaim = False
         result: SyncResult | None = None
+        local.started = True
         try:
+            if local.stop_before_start:
+                outcome = (
+                    "cancelled by an operator before it started"
+                    if local.control.cancel_status is SyncStatus.CANCELLED
+                    else "interrupted: the daemon stopped before it started"
+                )
+                return
             credential = Credential.from_row(item)
             env = credential.environment
             request = SyncRequest(
@@ -957,10 +979,7 @@ class Runner:
         for local in list(self._local.values()):
             if target in (local.run_id, local.sync_id) and local.task is not None:
                 hit = True
-                if local.task.cancelling():
-                    continue  # once is enough: a second cancel would cut its cleanup short
-                local.control.cancel_status = status
-                local.task.cancel()
+                local.stop(status)
         run = self._owned.get(target)
         if run is not None:
             run.cancel_status = status
@@ -1042,9 +1061,7 @@ class Runner:
     def interrupt_all(self) -> None:
         """Cancel every local sync now, logged `interrupted` (a second stop signal)."""
         for local in list(self._local.values()):
-            if local.task is not None and not local.task.cancelling():
-                local.control.cancel_status = SyncStatus.INTERRUPTED
-                local.task.cancel()
+            local.stop(SyncStatus.INTERRUPTED)
 
     async def shutdown(self, grace_seconds: float) -> None:
         """Stop taking work, let local syncs finish for `grace_seconds`, then interrupt them."""

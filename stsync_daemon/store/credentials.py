@@ -154,8 +154,9 @@ class CredentialStore:
             if found is None:
                 raise NotFoundError(f"no credential with id {credential_id}")
             if company_name:
-                current = await self.get(credential_id)
-                await conn.execute(QUERIES["upsert_company"], current.company_id, company_name)
+                # On this connection: holding one while waiting for another can starve a full pool.
+                company_id = await conn.fetchval(QUERIES["credential_company"], credential_id)
+                await conn.execute(QUERIES["upsert_company"], company_id, company_name)
         return await self.get(credential_id)
 
     async def set_status(

@@ -28,6 +28,9 @@ SELECT c.id, c.company_id, co.name AS company_name, c.environment, c.tenant_id, 
 FROM stsync.credentials c JOIN stsync.companies co ON co.id = c.company_id
 WHERE c.id = $1;
 
+-- name: credential_company
+SELECT company_id FROM stsync.credentials WHERE id = $1;
+
 -- name: select_credential_secrets
 SELECT client_secret_encrypted, app_key_encrypted FROM stsync.credentials WHERE id = $1;
 

@@ -4,34 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from stsync_daemon.embedded.daemon import DaemonProcess
 from stsync_daemon.embedded.postgres import PrivateCluster
 from stsync_daemon.sandbox import Sandbox, SandboxConfig
-from stsync_daemon.store.migrate import migrate
 from tests.support import credential_body, daemon_settings, tenant, write_key
 
 SPEC = tenant(401, customers=300, invoices=100)
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[PrivateCluster]:
-    base = Path(tempfile.mkdtemp(prefix="stsync-outage-"))
-    os.chmod(base, 0o755)
-    cluster = PrivateCluster(base / "pg", fsync=False)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -45,9 +28,6 @@ async def test_daemon_survives_a_database_outage(
 ) -> None:
     os.chmod(tmp_path, 0o755)
     dsn = own_cluster.dsn()
-    conn = await asyncpg.connect(dsn)
-    await migrate(conn)
-    await conn.close()
     daemon = await DaemonProcess(
         tmp_path,
         daemon_settings(sandbox, dsn, write_key(tmp_path), cluster={"orphan_sweep_seconds": 1}),

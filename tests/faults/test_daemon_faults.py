@@ -8,10 +8,8 @@ import asyncio
 import contextlib
 import os
 import random
-import shutil
 import signal
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -21,7 +19,6 @@ from stsync_daemon.embedded.daemon import DaemonProcess
 from stsync_daemon.embedded.postgres import PrivateCluster
 from stsync_daemon.enums import DataType, Environment
 from stsync_daemon.sandbox import EndpointKind, FaultRule, Sandbox, SandboxConfig
-from stsync_daemon.store.migrate import migrate
 from tests.support import credential_body, daemon_settings, db_truth, tenant, write_key
 
 PROD = Environment.PRODUCTION
@@ -87,19 +84,6 @@ async def test_kill_9_at_random_instants_of_a_long_sync_loses_and_repeats_nothin
 
 
 @pytest.fixture
-def own_cluster() -> Iterator[PrivateCluster]:
-    base = Path(tempfile.mkdtemp(prefix="stsync-restart-"))
-    os.chmod(base, 0o755)
-    cluster = PrivateCluster(base / "pg", fsync=False)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
 async def three_tenants() -> AsyncIterator[Sandbox]:
     specs = tuple(tenant(80 + i, customers=900, invoices=300) for i in range(3))
     async with Sandbox(SandboxConfig(tenants=specs, export_page_size=100, seed=4)) as sandbox:
@@ -112,9 +96,6 @@ async def test_postgresql_restarting_mid_scheduled_run_then_schedules_alone_reac
 ) -> None:
     os.chmod(tmp_path, 0o755)
     dsn = own_cluster.dsn()
-    conn = await asyncpg.connect(dsn)
-    await migrate(conn)
-    await conn.close()
     sandbox = three_tenants
     sandbox.set_faults(FaultRule(latency_ms=100))
     settings = daemon_settings(

@@ -7,21 +7,16 @@ tenant's other data arrives, that nothing is lost, and that the next sync carrie
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from stsync_daemon.embedded.postgres import PrivateCluster
 from stsync_daemon.enums import CredentialStatus, DataType, Environment, ErrorCategory, SyncStatus
 from stsync_daemon.sandbox import FaultRule, PoisonKind, SandboxConfig
 from stsync_daemon.sandbox.dataset import Dataset
-from stsync_daemon.store.migrate import migrate
 from stsync_daemon.sync import records
 from tests.support import Rig, engine_rig, tenant
 
@@ -310,26 +305,10 @@ async def test_a_wrong_secrets_key_is_the_daemons_problem_not_the_tenants(
 # --- PostgreSQL going away in the middle of a sync --------------------------------------------
 
 
-@pytest.fixture
-def own_cluster() -> Iterator[PrivateCluster]:
-    base = Path(tempfile.mkdtemp(prefix="stsync-blip-"))
-    os.chmod(base, 0o755)
-    cluster = PrivateCluster(base / "pg", fsync=False)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
 async def test_a_sync_cut_by_a_database_restart_records_its_end_once_it_is_back(
     own_cluster: PrivateCluster, tmp_path: Path
 ) -> None:
     dsn = own_cluster.dsn()
-    conn = await asyncpg.connect(dsn)
-    await migrate(conn)
-    await conn.close()
     config = SandboxConfig(
         tenants=(tenant(102, customers=600, invoices=10),), export_page_size=100, seed=5
     )

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from stsync_daemon.control.protocol import ProcessRequest, RetryRequest
@@ -25,16 +21,13 @@ from stsync_daemon.enums import CredentialStatus, DataType, Environment, SyncSta
 from stsync_daemon.errors import DatabaseError
 from stsync_daemon.metrics import Metrics
 from stsync_daemon.sandbox import FaultRule, SandboxConfig
-from stsync_daemon.store.migrate import migrate
 from tests.support import Rig, engine_rig, tenant
 
 PROD = Environment.PRODUCTION
 
 
-@contextlib.asynccontextmanager
-async def running(rig: Rig) -> AsyncIterator[Runner]:
-    """A runner over the rig with its claim loop going, as the daemon runs it."""
-    runner = Runner(
+def make_runner(rig: Rig) -> Runner:
+    return Runner(
         pool=rig.pool,
         engine=rig.engine,
         credentials=rig.store,
@@ -43,6 +36,12 @@ async def running(rig: Rig) -> AsyncIterator[Runner]:
         metrics=Metrics(),
         instance="test",
     )
+
+
+@contextlib.asynccontextmanager
+async def running(rig: Rig) -> AsyncIterator[Runner]:
+    """A runner over the rig with its claim loop going, as the daemon runs it."""
+    runner = make_runner(rig)
     work = asyncio.create_task(runner.work_loop())
     try:
         yield runner
@@ -202,27 +201,11 @@ async def test_schedules_of_every_action_leave_parked_credentials_alone(
 # --- PostgreSQL restarting in the middle of a run ---------------------------------------------
 
 
-@pytest.fixture
-def own_cluster() -> Iterator[PrivateCluster]:
-    base = Path(tempfile.mkdtemp(prefix="stsync-run-"))
-    os.chmod(base, 0o755)
-    cluster = PrivateCluster(base / "pg", fsync=False)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
 @pytest.mark.timeout(180)
 async def test_a_run_rides_out_a_database_restart_and_finishes(
     own_cluster: PrivateCluster, tmp_path: Path
 ) -> None:
     dsn = own_cluster.dsn()
-    conn = await asyncpg.connect(dsn)
-    await migrate(conn)
-    await conn.close()
     tenants = (51, 52, 53)
     async with engine_rig(sandbox_of(*tenants), dsn, tmp_path) as rig:
         for t in tenants:
@@ -256,3 +239,28 @@ async def test_a_run_rides_out_a_database_restart_and_finishes(
                 await rig.assert_equal_truth(t, data_type)
         statuses = {r["status"] for r in await rig.pool.fetch("SELECT status FROM stsync.sync_log")}
         assert SyncStatus.RUNNING.value not in statuses
+
+
+async def test_syncs_cancelled_before_their_first_step_leave_no_slot_or_claim_behind(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    """A task cancelled before it ever ran skips its own cleanup: it must be told to stop instead."""
+    async with engine_rig(
+        sandbox_of(33, 34), database_dsn, tmp_path, sync={"max_concurrent_total": 2}
+    ) as rig:
+        for t in (33, 34):
+            await rig.add(t)
+        runner = make_runner(rig)
+        run = await runner.start(ProcessRequest(max_concurrent=2))
+        await runner._claim_round()  # two syncs claimed, their tasks created, none started yet
+        assert runner.running_syncs == 2
+        assert runner._cancel_local(run.id, SyncStatus.CANCELLED)
+        await rig.pool.execute(
+            "UPDATE stsync.run_items SET status = 'cancelled' WHERE status = 'pending'"
+        )
+        summary = await asyncio.wait_for(run.task, 30)  # type: ignore[arg-type]
+        assert summary["status"] == "cancelled"
+        assert runner.running_syncs == 0 and not runner._slots.locked()
+        reasons = [s["reason"] for s in summary["skipped"]]
+        assert reasons.count("cancelled by an operator before it started") == 2, reasons
+        await runner.shutdown(0)
