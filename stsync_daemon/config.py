@@ -26,6 +26,16 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from .enums import DataTypeFilter, Environment
 from .errors import ConfigError
+from .limits import (
+    MAX_CONCURRENT_DEFAULT,
+    MAX_CONCURRENT_TOTAL_DEFAULT,
+    RETRY_MAX_AGE_HOURS_DEFAULT,
+    RETRY_MAX_AGE_HOURS_MAX,
+    RETRY_MAX_RETRIES_DEFAULT,
+    SYNC_TIMEOUT_DEFAULT,
+    Concurrency,
+    Seconds,
+)
 
 DEFAULT_CONFIG_PATH = Path("/etc/stsync/stsync.toml")
 # Pooled connections kept beyond the syncs' own: claims, supervision, heartbeats, the control socket.
@@ -109,9 +119,9 @@ class ServiceTitanConfig(_Frozen):
 class SyncConfig(_Frozen):
     """Knobs of batch runs and of each sync."""
 
-    max_concurrent: Annotated[int, Field(ge=1, le=1000)] = 3
-    max_concurrent_total: Annotated[int, Field(ge=1, le=1000)] = 10
-    timeout_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    max_concurrent: Concurrency = MAX_CONCURRENT_DEFAULT
+    max_concurrent_total: Concurrency = MAX_CONCURRENT_TOTAL_DEFAULT
+    timeout_seconds: Seconds = SYNC_TIMEOUT_DEFAULT
     page_size: Annotated[int, Field(ge=1, le=5000)] = 500
     commit_batch_records: Annotated[int, Field(ge=1, le=100_000)] = 5000
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
@@ -196,10 +206,12 @@ class ScheduleConfig(_Frozen):
     company_id: str | None = None
     credential_id: str | None = None
     data_type: DataTypeFilter = DataTypeFilter.BOTH
-    max_concurrent: Annotated[int, Field(ge=1, le=1000)] | None = None
-    timeout_seconds: Annotated[float, Field(gt=0)] | None = None
-    max_age_hours: Annotated[float, Field(gt=0)] = 24.0
-    max_retries: Annotated[int, Field(ge=1)] = 10
+    max_concurrent: Concurrency | None = None
+    timeout_seconds: Seconds | None = None
+    max_age_hours: Annotated[float, Field(gt=0, le=RETRY_MAX_AGE_HOURS_MAX)] = (
+        RETRY_MAX_AGE_HOURS_DEFAULT
+    )
+    max_retries: Annotated[int, Field(ge=1)] = RETRY_MAX_RETRIES_DEFAULT
     exclude_auth_errors: bool = False
     full: bool = False
     enabled: bool = True

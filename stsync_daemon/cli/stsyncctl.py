@@ -50,6 +50,7 @@ from ..control.protocol import (
     SyncView,
 )
 from ..enums import DataTypeFilter, Environment
+from ..limits import MAX_CONCURRENT_DEFAULT, MAX_CONCURRENT_MAX, SYNC_TIMEOUT_DEFAULT
 from . import render
 from .client import REFUSING_CODES, ControlClient, DaemonError, DaemonUnreachable
 
@@ -192,16 +193,22 @@ def _command(
 def _add_run_knobs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-concurrent",
-        type=_positive_int(1000),
+        type=_positive_int(MAX_CONCURRENT_MAX),
         metavar="N",
-        help="syncs in flight at once (default: the daemon's [sync] max_concurrent, 3)",
+        help=(
+            "syncs in flight at once (default: the daemon's [sync] max_concurrent, "
+            f"{MAX_CONCURRENT_DEFAULT})"
+        ),
     )
     parser.add_argument(
         "-t",
         "--timeout",
         type=_positive_number,
         metavar="SECONDS",
-        help="time limit of each sync (default: the daemon's [sync] timeout_seconds, 3600)",
+        help=(
+            "time limit of each sync (default: the daemon's [sync] timeout_seconds, "
+            f"{SYNC_TIMEOUT_DEFAULT:g})"
+        ),
     )
 
 

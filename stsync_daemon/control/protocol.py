@@ -34,10 +34,20 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 from ..enums import DataType, DataTypeFilter, Environment
+from ..limits import (
+    BIGINT_MAX,
+    DEAD_LETTERS_LIMIT_MAX,
+    RETRY_MAX_AGE_HOURS_DEFAULT,
+    RETRY_MAX_AGE_HOURS_MAX,
+    RETRY_MAX_RETRIES_DEFAULT,
+    STATUS_LIMIT_DEFAULT,
+    STATUS_LIMIT_MAX,
+    Concurrency,
+    Seconds,
+)
 
 API_PREFIX = "/v1"
 NDJSON = "application/x-ndjson"
-BIGINT_MAX = 2**63 - 1
 
 
 def _storable(value: str) -> str:
@@ -68,7 +78,7 @@ class StatusQuery(_Request):
     running_only: bool = False
     failed_only: bool = False
     last_24h: bool = False
-    limit: Annotated[int, Field(ge=1, le=100_000)] = 50
+    limit: Annotated[int, Field(ge=1, le=STATUS_LIMIT_MAX)] = STATUS_LIMIT_DEFAULT
 
 
 class ProcessRequest(_Request):
@@ -80,8 +90,8 @@ class ProcessRequest(_Request):
     data_type: DataTypeFilter = DataTypeFilter.BOTH
     dry_run: bool = False
     estimate: bool = False
-    max_concurrent: Annotated[int, Field(ge=1, le=1000)] | None = None
-    timeout_seconds: Annotated[float, Field(gt=0)] | None = None
+    max_concurrent: Concurrency | None = None
+    timeout_seconds: Seconds | None = None
     full: bool = False
     # Manual runs include credentials in `error` (an operator may be checking a fix); scheduled not.
     include_errored: bool = True
@@ -90,12 +100,14 @@ class ProcessRequest(_Request):
 class RetryRequest(_Request):
     """`stsyncctl retry`: re-run recent failed or timed-out syncs."""
 
-    max_age_hours: Annotated[float, Field(gt=0, le=24 * 366)] = 24.0
-    max_retries: Annotated[int, Field(ge=1)] = 10
+    max_age_hours: Annotated[float, Field(gt=0, le=RETRY_MAX_AGE_HOURS_MAX)] = (
+        RETRY_MAX_AGE_HOURS_DEFAULT
+    )
+    max_retries: Annotated[int, Field(ge=1)] = RETRY_MAX_RETRIES_DEFAULT
     exclude_auth_errors: bool = False
     dry_run: bool = False
-    max_concurrent: Annotated[int, Field(ge=1, le=1000)] | None = None
-    timeout_seconds: Annotated[float, Field(gt=0)] | None = None
+    max_concurrent: Concurrency | None = None
+    timeout_seconds: Seconds | None = None
 
 
 class CredentialAdd(_Request):
@@ -137,7 +149,7 @@ class DeadLettersQuery(_Request):
     environment: Environment | None = None
     data_type: DataType | None = None
     include_resolved: bool = False
-    limit: Annotated[int, Field(ge=1, le=10_000)] = 50
+    limit: Annotated[int, Field(ge=1, le=DEAD_LETTERS_LIMIT_MAX)] = STATUS_LIMIT_DEFAULT
 
 
 class ErrorBody(BaseModel):

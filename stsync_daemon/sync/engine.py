@@ -29,6 +29,7 @@ from ..errors import (
     StsyncError,
     SyncTimeoutError,
 )
+from ..limits import SYNC_TIMEOUT_DEFAULT
 from ..logs import log_event
 from ..servicetitan import (
     ExportPage,
@@ -111,7 +112,7 @@ class SyncRequest:
     run_id: uuid.UUID | None = None
     retry_of: uuid.UUID | None = None
     attempt: int = 1
-    timeout_seconds: float = 3600.0
+    timeout_seconds: float = SYNC_TIMEOUT_DEFAULT
     sync_id: uuid.UUID | None = None
 
 

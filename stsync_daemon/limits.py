@@ -1,0 +1,28 @@
+"""Bounds and defaults that the config, the control protocol and the CLI must agree on.
+
+Declared once here so that a change reaches `stsyncd.toml` validation, the socket's request
+validation and `stsyncctl --help` together.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+MAX_CONCURRENT_MIN = 1
+MAX_CONCURRENT_MAX = 1000
+MAX_CONCURRENT_DEFAULT = 3  # syncs in flight per run
+MAX_CONCURRENT_TOTAL_DEFAULT = 10  # syncs in flight in the whole daemon
+SYNC_TIMEOUT_DEFAULT = 3600.0  # seconds, per sync
+RETRY_MAX_AGE_HOURS_DEFAULT = 24.0
+RETRY_MAX_AGE_HOURS_MAX = 24 * 366
+RETRY_MAX_RETRIES_DEFAULT = 10
+STATUS_LIMIT_DEFAULT = 50
+STATUS_LIMIT_MAX = 100_000
+DEAD_LETTERS_LIMIT_MAX = 10_000
+BIGINT_MAX = 2**63 - 1
+
+# The validated types, for pydantic models (config and protocol alike).
+Concurrency = Annotated[int, Field(ge=MAX_CONCURRENT_MIN, le=MAX_CONCURRENT_MAX)]
+Seconds = Annotated[float, Field(gt=0)]
