@@ -36,6 +36,7 @@ from .limits import (
     Concurrency,
     Seconds,
 )
+from .requests import ProcessRequest, RetryRequest
 
 DEFAULT_CONFIG_PATH = Path("/etc/stsync/stsync.toml")
 # Pooled connections kept beyond the syncs' own: claims, supervision, heartbeats, the control socket.
@@ -215,6 +216,29 @@ class ScheduleConfig(_Frozen):
     exclude_auth_errors: bool = False
     full: bool = False
     enabled: bool = True
+
+    def request(self) -> ProcessRequest | RetryRequest | None:
+        """What each tick asks of the runner, as `stsyncctl` would; None for the report."""
+        if self.action == "report":
+            return None
+        if self.action == "retry":
+            return RetryRequest(
+                max_age_hours=self.max_age_hours,
+                max_retries=self.max_retries,
+                exclude_auth_errors=self.exclude_auth_errors,
+                max_concurrent=self.max_concurrent,
+                timeout_seconds=self.timeout_seconds,
+            )
+        return ProcessRequest(
+            environment=self.environment,
+            company_id=self.company_id,
+            credential_id=self.credential_id,
+            data_type=self.data_type,
+            max_concurrent=self.max_concurrent,
+            timeout_seconds=self.timeout_seconds,
+            full=self.full,
+            include_errored=False,
+        )
 
     @field_validator("timezone")
     @classmethod

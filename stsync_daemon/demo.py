@@ -29,6 +29,7 @@ from .enums import Environment
 from .errors import StsyncError
 from .sandbox import FaultRule, Sandbox, SandboxConfig, TenantSpec
 from .store.crypto import generate_key
+from .store.db import ensure_database
 
 PROD, INTEG = Environment.PRODUCTION, Environment.INTEGRATION
 APP_KEY = "ak1.demo-app"
@@ -164,8 +165,7 @@ class Demo:
         admin_dsn = await asyncio.to_thread(self.cluster.start)
         conn = await asyncpg.connect(admin_dsn)
         try:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'stsync'"):
-                await conn.execute("CREATE DATABASE stsync")
+            await ensure_database(conn)
         finally:
             await conn.close()
         dsn = self.cluster.dsn("stsync")

@@ -23,42 +23,35 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import asyncpg
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
-from .. import __version__
-from ..daemon.events import EventQueue
-from ..daemon.report import build_report
-from ..daemon.views import (
-    credential_view,
-    dead_letter_view,
-    iso,
-    summarize,
-    sync_view_from_row,
-)
 from ..enums import CredentialStatus
 from ..errors import ConflictError, NotFoundError, StsyncError
 from ..logs import log_event
-from ..servicetitan import ServiceTitanClient
-from ..store.credentials import CredentialStore, NewCredential
+from ..store.credentials import Credential, CredentialStore, NewCredential, credential_view
 from ..store.db import DB_ERRORS, describe_db_error, is_bad_value
-from ..store.sql import QUERIES
+from ..store.runs import RunStore
+from ..store.syncs import SyncStore
 from .protocol import (
     API_PREFIX,
     NDJSON,
     CredentialAdd,
     CredentialsQuery,
     CredentialUpdate,
+    CredentialView,
     DeadLetters,
     DeadLettersQuery,
     Health,
+    InstanceView,
+    Plan,
     ProcessRequest,
     RetryRequest,
+    ScheduleView,
     StatusQuery,
 )
 
@@ -198,18 +191,53 @@ class Access:
         return peer.gid == self._gid or self._gid in _supplementary_groups(peer.pid)
 
 
+class EventStream(Protocol):
+    """A run's events for one client; `close` when the client is gone (the run goes on)."""
+
+    async def get(self) -> dict[str, Any] | None: ...
+
+    def close(self) -> None: ...
+
+
+class RunControl(Protocol):
+    """What the control channel asks of the runner."""
+
+    async def plan_for(self, request: ProcessRequest | RetryRequest) -> Plan: ...
+
+    async def launch(self, request: ProcessRequest | RetryRequest) -> EventStream: ...
+
+    async def cancel(self, target: uuid.UUID) -> str: ...
+
+
+@dataclass(frozen=True)
+class ControlServices:
+    """The daemon's parts the control channel translates HTTP into calls on (the app wires them)."""
+
+    runner: RunControl
+    credentials: CredentialStore
+    syncs: SyncStore
+    runs: RunStore
+    lease_seconds: float  # how long an instance's heartbeat counts as alive
+    health: Callable[[], Awaitable[Health]]
+    schedules: Callable[[], Awaitable[list[ScheduleView]]]
+    # After a credential was added, changed or removed (True): metrics follow.
+    credential_changed: Callable[[uuid.UUID, bool], Awaitable[None]]
+    # Asks ServiceTitan whether a credential works; raises StsyncError saying why not.
+    check_credential: Callable[[Credential], Awaitable[None]]
+
+
 class ControlServer:
     """Binds the socket and serves the protocol from the daemon's parts."""
 
     def __init__(
         self,
         *,
-        daemon: Any,
+        services: ControlServices,
         socket_path: Path,
         socket_mode: int,
         allowed_group: str | None,
     ) -> None:
-        self._daemon = daemon
+        self._services = services
         self._path = socket_path
         self._mode = socket_mode
         self._access = Access(allowed_group)
@@ -366,47 +394,16 @@ class ControlServer:
     # -- handlers --------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
-        d = self._daemon
-        database_ok = await d.probe_database()
-        status, problems = d.health.verdict(database_ok=database_ok)
-        body: Health = {
-            "status": status,
-            "version": __version__,
-            "instance": d.instance,
-            "pid": os.getpid(),
-            "uptime_seconds": round(time.monotonic() - d.started_monotonic, 3),
-            "database": "ok" if database_ok else "unavailable",
-            "running_syncs": d.runner.running_syncs,
-            "running_runs": d.runner.running_runs,
-            "problems": problems,
-            "loops": {name: loop.state for name, loop in sorted(d.health.loops.items())},
-        }
-        return json_response(body)
+        return json_response(await self._services.health())
 
     async def status(self, request: web.Request) -> web.Response:
         query = StatusQuery.model_validate(dict(request.query))
-        document = await status_document(self._daemon.pool, query)
+        document = await status_document(self._services.syncs, query)
         document["instances"] = await self._instances()
         return json_response(document)
 
-    async def _instances(self) -> list[dict[str, Any]]:
-        rows = await self._daemon.pool.fetch(
-            QUERIES["select_instances"], self._daemon.settings.cluster.lease_seconds
-        )
-        return [
-            {
-                "name": r["name"],
-                "host": r["host"],
-                "pid": r["pid"],
-                "version": r["version"],
-                "started_at": iso(r["started_at"]),
-                "heartbeat_at": iso(r["heartbeat_at"]),
-                "stopped_at": iso(r["stopped_at"]),
-                "alive": r["alive"],
-                "running_syncs": r["running_syncs"],
-            }
-            for r in rows
-        ]
+    async def _instances(self) -> list[InstanceView]:
+        return await self._services.runs.instances(self._services.lease_seconds)
 
     async def instances(self, request: web.Request) -> web.Response:
         return json_response({"instances": await self._instances()})
@@ -414,22 +411,21 @@ class ControlServer:
     async def _run(
         self, request: web.Request, body: ProcessRequest | RetryRequest
     ) -> web.StreamResponse:
-        runner = self._daemon.runner
+        runner = self._services.runner
         if body.dry_run:
             return json_response(await runner.plan_for(body))
-        run = await runner.start(body)
-        queue = runner.subscribe(run)
+        stream = await runner.launch(body)
         try:
             response = web.StreamResponse(headers={"Content-Type": NDJSON})
             await response.prepare(request)
             with contextlib.suppress(ConnectionResetError, asyncio.CancelledError):
-                while (event := await _next_event(request, queue)) is not None:
+                while (event := await _next_event(request, stream)) is not None:
                     await response.write(_dumps(event) + b"\n")
                 await response.write_eof()
             return response
         finally:
             # The run goes on without this client; its queue must not stay behind.
-            runner.unsubscribe(run, queue)
+            stream.close()
 
     async def process(self, request: web.Request) -> web.StreamResponse:
         return await self._run(request, await self._body(request, ProcessRequest))
@@ -442,36 +438,16 @@ class ControlServer:
             limit = max(1, min(int(request.query.get("limit", "20")), 10_000))
         except ValueError:
             raise web.HTTPBadRequest(reason="limit must be a number") from None
-        rows = await self._daemon.pool.fetch(QUERIES["select_runs"], limit)
-        runs = [
-            {
-                "id": str(r["id"]),
-                "action": r["action"],
-                "trigger": r["trigger"],
-                "schedule_name": r["schedule_name"],
-                "scheduled_for": iso(r["scheduled_for"]),
-                "status": r["status"],
-                "instance": r["instance"],
-                "started_at": iso(r["started_at"]),
-                "completed_at": iso(r["completed_at"]),
-                "total_syncs": r["total_syncs"],
-                "running_syncs": r["running_syncs"],
-                "successful_syncs": r["successful_syncs"],
-                "failed_syncs": r["failed_syncs"],
-                "records_processed": r["records_processed"],
-            }
-            for r in rows
-        ]
-        return json_response({"runs": runs})
+        return json_response({"runs": await self._services.runs.recent(limit)})
 
     async def cancel(self, request: web.Request) -> web.Response:
         target = self._uuid(request.match_info["target"])
-        kind = await self._daemon.runner.cancel(target)
+        kind = await self._services.runner.cancel(target)
         log_event(logger, logging.INFO, "control.cancelled", target=target, kind=kind)
         return json_response({"cancelled": kind, "id": str(target)})
 
     async def schedules(self, request: web.Request) -> web.Response:
-        return json_response({"schedules": await self._daemon.schedule_views()})
+        return json_response({"schedules": await self._services.schedules()})
 
     async def report(self, request: web.Request) -> web.Response:
         try:
@@ -480,34 +456,28 @@ class ControlServer:
             raise web.HTTPBadRequest(reason="hours must be a number") from None
         if not 0 < hours <= 24 * 366:
             raise web.HTTPBadRequest(reason="hours must be between 0 and 8784")
-        return json_response(await build_report(self._daemon.pool, hours))
+        return json_response(await self._services.syncs.report(hours))
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         query = DeadLettersQuery.model_validate(dict(request.query))
-        return json_response(await dead_letters_document(self._daemon.pool, query))
+        return json_response(await dead_letters_document(self._services.syncs, query))
 
     # -- credentials -------------------------------------------------------------------------
 
     @property
     def _store(self) -> CredentialStore:
-        store: CredentialStore = self._daemon.credentials
-        return store
+        return self._services.credentials
 
-    async def _credential_view(self, credential_id: uuid.UUID) -> Any:
+    async def _credential_view(self, credential_id: uuid.UUID) -> CredentialView:
         credential = await self._store.get(credential_id)
-        last = {
-            r["data_type"]: r["completed_at"]
-            for r in await self._daemon.pool.fetch(QUERIES["last_success"], [credential_id])
-        }
-        return credential_view(credential, last)
+        last = await self._store.last_success([credential_id])
+        return credential_view(credential, last.get(credential_id))
 
     async def credentials_list(self, request: web.Request) -> web.Response:
         # An empty filter is no filter, as it always was here.
         query = CredentialsQuery.model_validate({k: v for k, v in request.query.items() if v})
         found = await self._store.list(environment=query.environment, company_id=query.company_id)
-        last: dict[uuid.UUID, dict[str, datetime | None]] = {}
-        for r in await self._daemon.pool.fetch(QUERIES["last_success"], [c.id for c in found]):
-            last.setdefault(r["credential_id"], {})[r["data_type"]] = r["completed_at"]
+        last = await self._store.last_success([c.id for c in found])
         return json_response({"credentials": [credential_view(c, last.get(c.id)) for c in found]})
 
     async def credentials_add(self, request: web.Request) -> web.Response:
@@ -533,7 +503,7 @@ class ControlServer:
             environment=credential.environment,
             tenant_id=credential.tenant_id,
         )
-        await self._daemon.refresh_credential_metrics()
+        await self._services.credential_changed(credential.id, False)
         return json_response(await self._credential_view(credential.id), status=201)
 
     async def credentials_show(self, request: web.Request) -> web.Response:
@@ -552,14 +522,14 @@ class ControlServer:
             company_name=body.company_name,
         )
         log_event(logger, logging.INFO, "credential.updated", credential_id=credential_id)
-        await self._daemon.refresh_credential_metrics()
+        await self._services.credential_changed(credential_id, False)
         return json_response(await self._credential_view(credential_id))
 
     async def _set_status(self, request: web.Request, status: str) -> web.Response:
         credential_id = self._uuid(request.match_info["id"])
         await self._store.set_status(credential_id, CredentialStatus(status))
         log_event(logger, logging.INFO, f"credential.{status}", credential_id=credential_id)
-        await self._daemon.refresh_credential_metrics()
+        await self._services.credential_changed(credential_id, False)
         return json_response(await self._credential_view(credential_id))
 
     async def credentials_enable(self, request: web.Request) -> web.Response:
@@ -571,21 +541,16 @@ class ControlServer:
     async def credentials_remove(self, request: web.Request) -> web.Response:
         credential_id = self._uuid(request.match_info["id"])
         await self._store.remove(credential_id)
-        self._daemon.metrics.forget_credential(str(credential_id))
         log_event(logger, logging.INFO, "credential.removed", credential_id=credential_id)
-        await self._daemon.refresh_credential_metrics()
+        await self._services.credential_changed(credential_id, True)
         return json_response({"removed": str(credential_id)})
 
     async def credentials_test(self, request: web.Request) -> web.Response:
         credential_id = self._uuid(request.match_info["id"])
         credential = await self._store.get(credential_id)
-        client: ServiceTitanClient = self._daemon.client
         started = time.monotonic()
         try:
-            access = await self._store.access(
-                credential, self._daemon.settings.servicetitan.resolve_app_key()
-            )
-            await client.tenant(access).check()
+            await self._services.check_credential(credential)
         except StsyncError as exc:
             return json_response(
                 {
@@ -610,37 +575,31 @@ class ControlServer:
         )
 
 
-async def status_document(pool: asyncpg.Pool, query: StatusQuery) -> dict[str, Any]:
+async def status_document(syncs: SyncStore, query: StatusQuery) -> dict[str, Any]:
     """`{"syncs": [...], "summary": {...}}` for the status filters."""
-    since = datetime.now(UTC) - timedelta(hours=24) if query.last_24h else None
-    filters = (query.company_id, query.running_only, query.failed_only, since)
-    rows = await pool.fetch(QUERIES["select_syncs"], *filters, None, query.limit)
-    stats = await pool.fetch(QUERIES["summarize_syncs"], *filters)
-    dead = await pool.fetchval(QUERIES["count_open_dead_letters"], query.company_id)
-    return {
-        "syncs": [sync_view_from_row(r) for r in rows],
-        "summary": summarize(stats, dead_letters=dead),
-    }
-
-
-async def dead_letters_document(pool: asyncpg.Pool, query: DeadLettersQuery) -> DeadLetters:
-    """One page of the matching dead letters, newest first, and how many match in all."""
-    rows = await pool.fetch(
-        QUERIES["select_dead_letters"],
-        query.credential_id,
-        query.company_id,
-        query.environment.value if query.environment else None,
-        query.data_type.value if query.data_type else None,
-        query.include_resolved,
-        query.limit,
+    views, summary = await syncs.status(
+        company_id=query.company_id,
+        running_only=query.running_only,
+        failed_only=query.failed_only,
+        since=datetime.now(UTC) - timedelta(hours=24) if query.last_24h else None,
+        limit=query.limit,
     )
-    return {
-        "dead_letters": [dead_letter_view(r) for r in rows],
-        "total": rows[0]["total"] if rows else 0,
-    }
+    return {"syncs": views, "summary": summary}
 
 
-async def _next_event(request: web.Request, queue: EventQueue) -> dict[str, Any] | None:
+async def dead_letters_document(syncs: SyncStore, query: DeadLettersQuery) -> DeadLetters:
+    """One page of the matching dead letters, newest first, and how many match in all."""
+    return await syncs.dead_letters(
+        credential_id=query.credential_id,
+        company_id=query.company_id,
+        environment=query.environment.value if query.environment else None,
+        data_type=query.data_type.value if query.data_type else None,
+        include_resolved=query.include_resolved,
+        limit=query.limit,
+    )
+
+
+async def _next_event(request: web.Request, queue: EventStream) -> dict[str, Any] | None:
     """The next event of a run's stream; None at its end, or once the client has gone (a quiet
     stretch of a run must not keep a closed connection's queue)."""
     while True:

@@ -24,22 +24,24 @@ import asyncpg
 
 from .. import __version__
 from ..config import ScheduleConfig, Settings
-from ..control.protocol import ProcessRequest, RetryRequest, ScheduleView
-from ..control.server import ControlServer
+from ..control.server import ControlServer, ControlServices
 from ..enums import DataType, Trigger
 from ..errors import StsyncError
 from ..logs import log_event
 from ..metrics import Metrics
 from ..metrics_server import start_metrics_server
 from ..servicetitan import ServiceTitanClient
-from ..store.credentials import CredentialStore
+from ..store.credentials import Credential, CredentialStore
 from ..store.crypto import SecretCipher
-from ..store.db import DB_ERRORS, create_pool, describe_db_error
+from ..store.db import DB_ERRORS, create_pool, describe_db_error, ping
 from ..store.migrate import migrate
-from ..store.sql import QUERIES
-from ..sync.engine import SyncEngine, sweep_orphans
+from ..store.runs import RunStore
+from ..store.syncs import SyncStore, sweep_orphans
+from ..sync.engine import SyncEngine
+from ..views import Health as HealthView
+from ..views import ScheduleView
 from .health import OK, Health
-from .report import build_report, log_report
+from .report import log_report
 from .runner import Runner, TickNotClaimed
 from .scheduler import Scheduler
 from .systemd import SystemdNotifier, watchdog_interval, watchdog_loop
@@ -65,6 +67,8 @@ class Daemon:
         self.pool: asyncpg.Pool
         self.client: ServiceTitanClient
         self.credentials: CredentialStore
+        self.runs: RunStore
+        self.syncs: SyncStore
         self.runner: Runner
         self.scheduler: Scheduler
         self.control: ControlServer
@@ -82,6 +86,8 @@ class Daemon:
             log_event(
                 logger, logging.INFO, "database.migrated", versions=[m.version for m in applied]
             )
+        self.runs = RunStore(self.pool, self.instance)
+        self.syncs = SyncStore(self.pool)
         await self._claim_instance_name()
         await self._heartbeat()
         cipher = (
@@ -123,7 +129,17 @@ class Daemon:
         )
         self.runner.schedule_views = self.scheduler.views
         self.control = ControlServer(
-            daemon=self,
+            services=ControlServices(
+                runner=self.runner,
+                credentials=self.credentials,
+                syncs=self.syncs,
+                runs=self.runs,
+                lease_seconds=settings.cluster.lease_seconds,
+                health=self.health_document,
+                schedules=self.schedule_views,
+                credential_changed=self._credential_changed,
+                check_credential=self._check_credential,
+            ),
             socket_path=settings.control.socket_path(),
             socket_mode=settings.control.socket_mode,
             allowed_group=settings.control.allowed_group,
@@ -135,7 +151,7 @@ class Daemon:
             )
         await self.refresh_credential_metrics()
         await self.refresh_dead_letter_metrics()
-        for row in await self.pool.fetch(QUERIES["all_last_success"]):
+        for row in await self.credentials.all_last_success():
             self.metrics.last_success(
                 str(row["credential_id"]),
                 row["company_id"],
@@ -190,13 +206,39 @@ class Daemon:
         with contextlib.suppress(*DB_ERRORS):
             self.metrics.credentials_by_status(await self.credentials.count_by_status())
 
+    async def _credential_changed(self, credential_id: uuid.UUID, removed: bool) -> None:
+        if removed:
+            self.metrics.forget_credential(str(credential_id))
+        await self.refresh_credential_metrics()
+
+    async def _check_credential(self, credential: Credential) -> None:
+        access = await self.credentials.access(
+            credential, self.settings.servicetitan.resolve_app_key()
+        )
+        await self.client.tenant(access).check()
+
+    async def health_document(self) -> HealthView:
+        """`stsyncctl health`: the database asked now, the loops as the board last saw them."""
+        database_ok = await self.probe_database()
+        status, problems = self.health.verdict(database_ok=database_ok)
+        return {
+            "status": status,
+            "version": __version__,
+            "instance": self.instance,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
+            "database": "ok" if database_ok else "unavailable",
+            "running_syncs": self.runner.running_syncs,
+            "running_runs": self.runner.running_runs,
+            "problems": problems,
+            "loops": {name: loop.state for name, loop in sorted(self.health.loops.items())},
+        }
+
     async def refresh_dead_letter_metrics(self) -> None:
-        rows = await self.pool.fetch(QUERIES["open_dead_letters_by_kind"])
-        self.metrics.open_dead_letters({(r["environment"], r["data_type"]): r["n"] for r in rows})
+        self.metrics.open_dead_letters(await self.syncs.open_dead_letters_by_kind())
 
     async def schedule_views(self) -> list[ScheduleView]:
-        last = {r["schedule_name"]: r for r in await self.pool.fetch(QUERIES["last_schedule_runs"])}
-        return self.scheduler.views(last)
+        return self.scheduler.views(await self.runs.last_of_schedules())
 
     async def _fire(self, schedule: ScheduleConfig, scheduled_for: datetime) -> str:
         """A tick: claim it, run it to the end, return the run id (None: claimed elsewhere)."""
@@ -223,35 +265,11 @@ class Daemon:
             raise
 
     async def _start_scheduled(self, schedule: ScheduleConfig, scheduled_for: datetime) -> str:
-        if schedule.action == "retry":
-            run = await self.runner.start(
-                RetryRequest(
-                    max_age_hours=schedule.max_age_hours,
-                    max_retries=schedule.max_retries,
-                    exclude_auth_errors=schedule.exclude_auth_errors,
-                    max_concurrent=schedule.max_concurrent,
-                    timeout_seconds=schedule.timeout_seconds,
-                ),
-                Trigger.SCHEDULED,
-                schedule_name=schedule.name,
-                scheduled_for=scheduled_for,
-            )
-        else:
-            run = await self.runner.start(
-                ProcessRequest(
-                    environment=schedule.environment,
-                    company_id=schedule.company_id,
-                    credential_id=schedule.credential_id,
-                    data_type=schedule.data_type,
-                    max_concurrent=schedule.max_concurrent,
-                    timeout_seconds=schedule.timeout_seconds,
-                    full=schedule.full,
-                    include_errored=False,
-                ),
-                Trigger.SCHEDULED,
-                schedule_name=schedule.name,
-                scheduled_for=scheduled_for,
-            )
+        request = schedule.request()
+        assert request is not None  # the report action never gets here
+        run = await self.runner.start(
+            request, Trigger.SCHEDULED, schedule_name=schedule.name, scheduled_for=scheduled_for
+        )
         if run.task is not None:
             # The run belongs to the runner: cancelling the tick must not cancel the run.
             await asyncio.shield(run.task)
@@ -259,26 +277,23 @@ class Daemon:
 
     async def _report(self, schedule: ScheduleConfig, scheduled_for: datetime) -> str:
         run_id = uuid.uuid4()
-        claimed = await self.pool.fetchval(
-            QUERIES["insert_run"],
+        claimed = await self.runs.create_plain_run(
             run_id,
-            "report",
-            Trigger.SCHEDULED.value,
-            schedule.name,
-            scheduled_for,
-            b"{}",
-            self.instance,
+            action="report",
+            trigger=Trigger.SCHEDULED.value,
+            schedule_name=schedule.name,
+            scheduled_for=scheduled_for,
+            params=b"{}",
         )
         if claimed is None:
             raise TickNotClaimed("claimed_elsewhere")
-        report = await build_report(self.pool, schedule.max_age_hours)
-        log_report(report)
-        await self.pool.execute(QUERIES["finish_run"], run_id, "completed", None)
+        log_report(await self.syncs.report(schedule.max_age_hours))
+        await self.runs.finish_run(run_id, "completed", None)
         return str(run_id)
 
     async def _claim_instance_name(self) -> None:
         """Refuse to start under a name a live daemon on this host already uses."""
-        row = await self.pool.fetchrow(QUERIES["select_instance"], self.instance)
+        row = await self.runs.registration()
         if row is None or row["stopped_at"] is not None or row["host"] != socket.gethostname():
             return
         if row["pid"] != os.getpid() and _pid_alive(row["pid"]):
@@ -288,12 +303,10 @@ class Daemon:
             )
 
     async def _heartbeat(self) -> None:
-        await self.pool.execute(
-            QUERIES["heartbeat"], self.instance, socket.gethostname(), os.getpid(), __version__
-        )
+        await self.runs.heartbeat(__version__)
 
     async def _notify(self, payload: str) -> None:
-        await self.pool.execute("SELECT pg_notify($1, $2)", _CHANNEL, payload)
+        await self.runs.notify(_CHANNEL, payload)
 
     async def _listen(self) -> None:
         """A dedicated connection hears the other instances (new work, finished items, cancels)."""
@@ -313,7 +326,7 @@ class Daemon:
     async def probe_database(self) -> bool:
         """Ask PostgreSQL now (bounded), and remember the answer."""
         try:
-            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), 5)
+            await asyncio.wait_for(ping(self.pool), 5)
         except _PROBE_ERRORS as exc:
             self.health.database(False, describe_db_error(exc))
         else:
@@ -389,7 +402,7 @@ class Daemon:
                 await self._listener.close()
         if hasattr(self, "pool"):
             with contextlib.suppress(*DB_ERRORS):
-                await self.pool.execute(QUERIES["instance_stopped"], self.instance)
+                await self.runs.stopped()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         if hasattr(self, "client"):

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from ..control.protocol import EVENT_SYNC_PROGRESS
+from ..views import EVENT_SYNC_PROGRESS
 
 SUBSCRIBER_BOUND = 1000
 
@@ -71,3 +72,17 @@ class EventQueue:
         event = self._events.popleft()
         self._progress -= _is_progress(event)
         return event
+
+
+class Stream:
+    """One client's view of a run: its events, and `close` to leave (the run goes on)."""
+
+    def __init__(self, queue: EventQueue, leave: Callable[[], None]) -> None:
+        self._queue = queue
+        self._leave = leave
+
+    async def get(self) -> dict[str, Any] | None:
+        return await self._queue.get()
+
+    def close(self) -> None:
+        self._leave()

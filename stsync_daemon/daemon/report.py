@@ -1,53 +1,15 @@
-"""The report of the last N hours: per credential and data type, for operators and the daily log."""
+"""The report of the last N hours as the daily log shows it (the store builds it: `SyncStore.report`)."""
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import orjson
 
-from ..control.protocol import Report, ReportRow, StatusQuery
 from ..logs import log_event
-from ..store.sql import QUERIES
-from .views import iso, summarize
+from ..views import Report
 
 logger = logging.getLogger(__name__)
-
-
-async def build_report(pool: asyncpg.Pool, hours: float) -> Report:
-    """Counts per (credential, data type) since `hours` ago, with the window's summary."""
-    now = datetime.now(UTC)
-    since = now - timedelta(hours=hours)
-    rows: list[ReportRow] = [
-        {
-            "company_id": r["company_id"],
-            "company": r["company_name"],
-            "credential_id": str(r["credential_id"]),
-            "environment": r["environment"],
-            "data_type": r["data_type"],
-            "syncs": r["syncs"],
-            "completed": r["completed"],
-            "failed": r["failed"],
-            "records_processed": r["records_processed"],
-            "records_failed": r["records_failed"],
-            "last_status": r["last_status"],
-            "last_success_at": iso(r["last_success_at"]),
-            "last_error": r["last_error"],
-        }
-        for r in await pool.fetch(QUERIES["report_rows"], since)
-    ]
-    query = StatusQuery()
-    stats = await pool.fetch(QUERIES["summarize_syncs"], query.company_id, False, False, since)
-    dead = await pool.fetchval(QUERIES["count_open_dead_letters"], query.company_id)
-    return {
-        "generated_at": iso(now) or "",
-        "since": iso(since) or "",
-        "hours": hours,
-        "rows": rows,
-        "summary": summarize(stats, dead_letters=dead),
-    }
 
 
 def format_report(report: Report) -> list[str]:

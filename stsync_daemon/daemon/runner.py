@@ -24,21 +24,6 @@ import asyncpg
 import orjson
 
 from ..config import Settings
-from ..control.protocol import (
-    EVENT_RUN_FINISHED,
-    EVENT_RUN_STARTED,
-    EVENT_SYNC_FINISHED,
-    EVENT_SYNC_PROGRESS,
-    EVENT_SYNC_STARTED,
-    Plan,
-    PlanItem,
-    ProcessRequest,
-    RetryRequest,
-    RunSummary,
-    ScheduleView,
-    SkippedView,
-    SyncView,
-)
 from ..enums import (
     CredentialStatus,
     DataType,
@@ -51,10 +36,12 @@ from ..enums import (
 from ..errors import DatabaseError, NotFoundError, StsyncError
 from ..logs import log_event
 from ..metrics import Metrics
+from ..requests import ProcessRequest, RetryRequest
 from ..servicetitan import ServiceTitanClient
 from ..store.credentials import Credential, CredentialStore
 from ..store.db import DB_ERRORS, describe_db_error
-from ..store.sql import QUERIES
+from ..store.runs import NewItem, RunStore
+from ..store.syncs import SyncStore
 from ..sync.engine import (
     SyncAlreadyRunning,
     SyncControl,
@@ -63,9 +50,22 @@ from ..sync.engine import (
     SyncRequest,
     SyncResult,
 )
-from .events import SUBSCRIBER_BOUND, EventQueue
+from ..views import (
+    EVENT_RUN_FINISHED,
+    EVENT_RUN_STARTED,
+    EVENT_SYNC_FINISHED,
+    EVENT_SYNC_PROGRESS,
+    EVENT_SYNC_STARTED,
+    Plan,
+    PlanItem,
+    RunSummary,
+    ScheduleView,
+    SkippedView,
+    SyncView,
+    iso,
+)
+from .events import SUBSCRIBER_BOUND, EventQueue, Stream
 from .scheduler import TickSkipped
-from .views import iso, skipped_view, sync_view_from_row
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,18 @@ _OUTAGE_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 15.0)
 def outage_delay(attempt: int) -> float:
     """The wait before attempt `attempt + 1` of something PostgreSQL refused `attempt` times."""
     return _OUTAGE_BACKOFF_SECONDS[min(max(attempt, 1), len(_OUTAGE_BACKOFF_SECONDS)) - 1]
+
+
+def skipped_view(credential: Credential, data_type: DataType | str, reason: str) -> SkippedView:
+    """A pair left out of a run."""
+    return {
+        "credential_id": str(credential.id),
+        "company_id": credential.company_id,
+        "company": credential.company_name,
+        "environment": credential.environment.value,
+        "data_type": str(data_type),
+        "reason": reason,
+    }
 
 
 def _unschedulable(credential: Credential) -> str | None:
@@ -180,7 +192,8 @@ class Runner:
         instance: str,
         notify: Notify | None = None,
     ) -> None:
-        self._pool = pool
+        self._runs = RunStore(pool, instance)
+        self._syncs = SyncStore(pool)
         self._engine = engine
         self._credentials = credentials
         self._client = client
@@ -251,7 +264,7 @@ class Runner:
         self, request: RetryRequest, trigger: Trigger = Trigger.MANUAL
     ) -> tuple[list[WorkItem], list[SkippedView]]:
         since = datetime.now(UTC) - timedelta(hours=request.max_age_hours)
-        rows = await self._pool.fetch(QUERIES["retry_candidates"], since)
+        rows = await self._syncs.retry_candidates(since)
         failures = [r for r in rows if r["status"] in ("failed", "timed_out", "interrupted")]
         if not failures:
             return [], []
@@ -301,10 +314,7 @@ class Runner:
     ) -> Plan:
         """What a run would do; reads only (ServiceTitan too, for estimates)."""
         ids = list({item.credential.id for item in items})
-        cursors = {
-            (r["credential_id"], r["data_type"]): r
-            for r in await self._pool.fetch(QUERIES["select_cursors"], ids)
-        }
+        cursors = await self._syncs.cursors(ids)
         plan_items: list[PlanItem] = []
         estimates: list[asyncio.Task[tuple[int | None, str | None]]] = []
         for item in items:
@@ -417,46 +427,32 @@ class Runner:
         run_id = uuid.uuid4()
         concurrency = max_concurrent or self._settings.sync.max_concurrent
         timeout = timeout_seconds or self._settings.sync.timeout_seconds
-        async with self._pool.acquire() as conn, conn.transaction():
-            if schedule_name is not None and scheduled_for is not None:
-                started_at = await conn.fetchval(
-                    QUERIES["claim_tick"],
-                    run_id,
-                    action,
-                    trigger.value,
-                    schedule_name,
-                    scheduled_for,
-                    orjson.dumps(params),
-                    self._instance,
-                    concurrency,
-                    timeout,
+        started_at = await self._runs.create_run(
+            run_id,
+            action=action,
+            trigger=trigger.value,
+            params=orjson.dumps(params),
+            max_concurrent=concurrency,
+            timeout_seconds=timeout,
+            items=[
+                NewItem(
+                    i.credential.id,
+                    i.data_type.value,
+                    i.mode.value,
+                    i.trigger.value,
+                    i.retry_of,
+                    i.attempt,
                 )
-                if started_at is None:
-                    taken = await conn.fetchval(QUERIES["tick_taken"], schedule_name, scheduled_for)
-                    raise TickNotClaimed("claimed_elsewhere" if taken else "still_running")
-            else:
-                started_at = await conn.fetchval(
-                    QUERIES["insert_manual_run"],
-                    run_id,
-                    action,
-                    trigger.value,
-                    orjson.dumps(params),
-                    self._instance,
-                    concurrency,
-                    timeout,
-                )
-            if items:
-                await conn.execute(
-                    QUERIES["insert_run_items"],
-                    run_id,
-                    list(range(len(items))),
-                    [i.credential.id for i in items],
-                    [i.data_type.value for i in items],
-                    [i.mode.value for i in items],
-                    [i.trigger.value for i in items],
-                    [i.retry_of for i in items],
-                    [i.attempt for i in items],
-                )
+                for i in items
+            ],
+            schedule=(
+                (schedule_name, scheduled_for)
+                if schedule_name is not None and scheduled_for is not None
+                else None
+            ),
+        )
+        if isinstance(started_at, str):
+            raise TickNotClaimed(started_at)
         run = Run(
             id=run_id,
             action=action,
@@ -512,6 +508,12 @@ class Runner:
         elif kind in ("cancel-run", "cancel-sync"):
             with contextlib.suppress(ValueError):
                 self._cancel_local(uuid.UUID(value), SyncStatus.CANCELLED)
+
+    async def launch(self, request: ProcessRequest | RetryRequest) -> Stream:
+        """Start a manual run and follow its events (what `stsyncctl process` and `retry` do)."""
+        run = await self.start(request)
+        queue = self.subscribe(run)
+        return Stream(queue, lambda: self.unsubscribe(run, queue))
 
     def subscribe(self, run: Run, *, bound: int = SUBSCRIBER_BOUND) -> EventQueue:
         """A bounded queue of this run's events, ending with None after `run.finished`; whoever
@@ -585,9 +587,9 @@ class Runner:
                 await self._claim(run_id, *self._limits[run_id])
             return
         self._limits = {}
-        for row in await self._pool.fetch(QUERIES["runs_with_pending_items"]):
-            self._limits[row["id"]] = (row["max_concurrent"], row["timeout_seconds"])
-            await self._claim(row["id"], row["max_concurrent"], row["timeout_seconds"])
+        for run_id, max_concurrent, timeout in await self._runs.with_pending_items():
+            self._limits[run_id] = (max_concurrent, timeout)
+            await self._claim(run_id, max_concurrent, timeout)
 
     async def _claim(self, run_id: uuid.UUID, max_concurrent: int, limit_seconds: float) -> None:
         in_flight = sum(1 for key in self._local if key[0] == run_id)
@@ -601,9 +603,7 @@ class Runner:
         claimed: list[asyncpg.Record] = []
         try:
             if slots:
-                claimed = await self._pool.fetch(
-                    QUERIES["claim_items"], run_id, self._instance, slots
-                )
+                claimed = await self._runs.claim_items(run_id, slots)
         finally:
             for _ in range(slots - len(claimed)):
                 self._slots.release()
@@ -623,11 +623,9 @@ class Runner:
         item's return to pending failed): without this, the run would wait for them forever.
         """
         running = [local.sync_id for local in self._local.values()]
-        released = await self._pool.fetch(
-            QUERIES["release_stale_claims"], self._instance, running, _STALE_CLAIM_SECONDS
-        )
+        released = await self._runs.release_stale_claims(running, _STALE_CLAIM_SECONDS)
         if released:
-            log_event(logger, logging.WARNING, "run.claims_released", items=len(released))
+            log_event(logger, logging.WARNING, "run.claims_released", items=released)
             self.wake()
 
     async def _run_item(
@@ -706,21 +704,12 @@ class Runner:
             with contextlib.suppress(*DB_ERRORS):
                 if unclaim:
                     await asyncio.shield(
-                        self._pool.execute(
-                            QUERIES["unclaim_item"],
-                            run_id,
-                            item["credential_id"],
-                            item["data_type"],
-                        )
+                        self._runs.unclaim_item(run_id, item["credential_id"], item["data_type"])
                     )
                 else:
                     await asyncio.shield(
-                        self._pool.execute(
-                            QUERIES["finish_item"],
-                            run_id,
-                            item["credential_id"],
-                            item["data_type"],
-                            outcome,
+                        self._runs.finish_item(
+                            run_id, item["credential_id"], item["data_type"], outcome
                         )
                     )
             if run is not None:
@@ -803,13 +792,13 @@ class Runner:
         back and the run's items are done, so a run never stays `running` while its owner lives.
         """
         clock0 = time.monotonic()
-        published: set[uuid.UUID] = set()
+        published: set[str] = set()
         failures = 0
         try:
             while not run.stop_waiting:
                 try:
                     await self._publish_finished(run, published)
-                    progress = await self._pool.fetchrow(QUERIES["run_progress"], run.id)
+                    open_items, _ = await self._runs.progress(run.id)
                 except DB_ERRORS as exc:
                     failures += 1
                     log_event(
@@ -825,7 +814,7 @@ class Runner:
                     run.changed.clear()
                     continue
                 failures = 0
-                if progress is None or progress["open"] == 0:
+                if open_items == 0:
                     with contextlib.suppress(*DB_ERRORS):
                         await self._publish_finished(run, published)
                     break
@@ -872,17 +861,11 @@ class Runner:
                     return None
                 await asyncio.sleep(outage_delay(failures))
 
-    async def _publish_finished(self, run: Run, published: set[uuid.UUID]) -> None:
-        for row in await self._pool.fetch(QUERIES["finished_syncs_of_run"], run.id):
-            if row["id"] not in published:
-                published.add(row["id"])
-                run.publish(
-                    {
-                        "event": EVENT_SYNC_FINISHED,
-                        "run_id": str(run.id),
-                        "sync": sync_view_from_row(row),
-                    }
-                )
+    async def _publish_finished(self, run: Run, published: set[str]) -> None:
+        for view in await self._syncs.finished_of_run(run.id):
+            if view["id"] not in published:
+                published.add(view["id"])
+                run.publish({"event": EVENT_SYNC_FINISHED, "run_id": str(run.id), "sync": view})
 
     async def finalize(
         self,
@@ -898,11 +881,8 @@ class Runner:
         skipped = list(skipped)
 
         async def read() -> tuple[int, list[SyncView], list[SkippedView]]:
-            total = await self._pool.fetchval(QUERIES["run_credentials"], run_id)
-            finished = [
-                sync_view_from_row(r)
-                for r in await self._pool.fetch(QUERIES["finished_syncs_of_run"], run_id)
-            ]
+            total = await self._runs.credentials_count(run_id)
+            finished = await self._syncs.finished_of_run(run_id)
             outcomes: list[SkippedView] = [
                 {
                     "credential_id": str(row["credential_id"]),
@@ -912,7 +892,7 @@ class Runner:
                     "data_type": row["data_type"],
                     "reason": row["outcome"],
                 }
-                for row in await self._pool.fetch(QUERIES["run_item_outcomes"], run_id)
+                for row in await self._runs.item_outcomes(run_id)
             ]
             return total, finished, outcomes
 
@@ -954,7 +934,7 @@ class Runner:
         await self._persist(
             "run.unrecorded",
             run_id,
-            lambda: self._pool.execute(QUERIES["finish_run"], run_id, status, document),
+            lambda: self._runs.finish_run(run_id, status, document),
         )
         self._metrics.run_finished(action, trigger, status)
         log_event(
@@ -989,15 +969,12 @@ class Runner:
 
     async def cancel(self, target: uuid.UUID) -> str:
         """Cancel a running run or sync, whichever instance runs it; returns "run" or "sync"."""
-        status = await self._pool.fetchrow(QUERIES["run_status"], target)
-        if status is not None and status["status"] == "running":
-            await self._pool.execute(
-                QUERIES["cancel_pending_items"], target, "cancelled by an operator"
-            )
+        if await self._runs.status(target) == "running":
+            await self._runs.cancel_pending_items(target, "cancelled by an operator")
             self._cancel_local(target, SyncStatus.CANCELLED)
             await self._announce(f"cancel-run:{target}")
             return "run"
-        running = await self._pool.fetchrow(QUERIES["sync_running_where"], target)
+        running = await self._syncs.running_where(target)
         if running is not None or any(local.sync_id == target for local in self._local.values()):
             if not self._cancel_local(target, SyncStatus.CANCELLED):
                 await self._announce(f"cancel-sync:{target}")
@@ -1006,25 +983,22 @@ class Runner:
 
     async def sweep(self, lease_seconds: float) -> None:
         """Settle items and runs whose instance died, so runs finish and the next tick resumes."""
-        settled = await self._pool.fetch(QUERIES["settle_orphaned_items"], lease_seconds)
-        for run_id in {r["run_id"] for r in settled}:
+        for run_id in await self._runs.settle_orphaned_items(lease_seconds):
             run = self._owned.get(run_id)
             if run is not None:
                 run.changed.set()
-        for row in await self._pool.fetch(QUERIES["orphaned_runs"], lease_seconds):
-            if row["id"] in self._owned:
+        for orphan in await self._runs.orphaned_runs(lease_seconds):
+            if orphan in self._owned:
                 continue
-            detail = await self._pool.fetchrow(
-                "SELECT action, trigger, started_at FROM stsync.runs WHERE id = $1", row["id"]
-            )
-            if detail is None:
+            header = await self._runs.header(orphan)
+            if header is None:
                 continue
-            log_event(logger, logging.WARNING, "run.orphan_finalized", run_id=row["id"])
+            log_event(logger, logging.WARNING, "run.orphan_finalized", run_id=orphan)
             await self.finalize(
-                row["id"],
-                detail["action"],
-                Trigger(detail["trigger"]),
-                detail["started_at"],
+                orphan,
+                header.action,
+                Trigger(header.trigger),
+                header.started_at,
                 [],
                 None,
                 SyncStatus.INTERRUPTED,
@@ -1036,23 +1010,19 @@ class Runner:
         Their pending syncs are cancelled (the next tick or a retry resumes each pair from its
         cursor), exactly as a single daemon always behaved.
         """
-        for row in await self._pool.fetch(QUERIES["own_running_runs"], self._instance):
-            await self._pool.execute(
-                QUERIES["cancel_pending_items"],
-                row["id"],
-                "interrupted: the daemon stopped before it started",
+        for run_id in await self._runs.own_running():
+            await self._runs.cancel_pending_items(
+                run_id, "interrupted: the daemon stopped before it started"
             )
-        await self._pool.fetch(QUERIES["settle_orphaned_items"], 0.0)
-        for row in await self._pool.fetch(QUERIES["own_running_runs"], self._instance):
-            detail = await self._pool.fetchrow(
-                "SELECT action, trigger, started_at FROM stsync.runs WHERE id = $1", row["id"]
-            )
-            if detail is not None:
+        await self._runs.settle_orphaned_items(0.0)
+        for run_id in await self._runs.own_running():
+            header = await self._runs.header(run_id)
+            if header is not None:
                 await self.finalize(
-                    row["id"],
-                    detail["action"],
-                    Trigger(detail["trigger"]),
-                    detail["started_at"],
+                    run_id,
+                    header.action,
+                    Trigger(header.trigger),
+                    header.started_at,
                     [],
                     None,
                     SyncStatus.INTERRUPTED,
@@ -1069,10 +1039,8 @@ class Runner:
         self._claiming = False
         for run in self._owned.values():
             with contextlib.suppress(*DB_ERRORS):
-                await self._pool.execute(
-                    QUERIES["cancel_pending_items"],
-                    run.id,
-                    "interrupted: the daemon stopped before it started",
+                await self._runs.cancel_pending_items(
+                    run.id, "interrupted: the daemon stopped before it started"
                 )
         tasks = [local.task for local in self._local.values() if local.task is not None]
         if tasks:

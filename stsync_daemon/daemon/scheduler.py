@@ -20,10 +20,10 @@ from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING, STATE_STOPP
 from apscheduler.triggers.cron import CronTrigger
 
 from ..config import ScheduleConfig
-from ..control.protocol import ScheduleView
 from ..cron import build_trigger, nominal_fire_time
 from ..logs import log_event
 from ..metrics import Metrics
+from ..views import ScheduleView
 
 logger = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,11 +12,14 @@ from typing import Any
 import asyncpg
 from pydantic import SecretStr
 
-from ..enums import CredentialStatus, Environment
+from ..enums import CredentialStatus, DataType, Environment
 from ..errors import AppKeyError, ConflictError, NotFoundError, SecretsError
 from ..servicetitan import CredentialAccess
+from ..views import CredentialView, iso
 from .crypto import SecretCipher
-from .sql import QUERIES
+from .sql import load
+
+_SQL = load("credentials.sql")
 
 
 @dataclass(frozen=True)
@@ -88,10 +92,10 @@ class CredentialStore:
         cipher = self._require_cipher()
         credential_id = uuid.uuid4()
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(QUERIES["upsert_company"], new.company_id, new.company_name)
+            await conn.execute(_SQL["upsert_company"], new.company_id, new.company_name)
             try:
                 await conn.execute(
-                    QUERIES["insert_credential"],
+                    _SQL["insert_credential"],
                     credential_id,
                     new.company_id,
                     new.environment.value,
@@ -116,7 +120,7 @@ class CredentialStore:
         credential_id: uuid.UUID | None = None,
     ) -> list[Credential]:
         rows = await self._pool.fetch(
-            QUERIES["select_credentials"],
+            _SQL["select_credentials"],
             environment.value if environment else None,
             company_id,
             credential_id,
@@ -124,7 +128,7 @@ class CredentialStore:
         return [Credential.from_row(r) for r in rows]
 
     async def get(self, credential_id: uuid.UUID) -> Credential:
-        row = await self._pool.fetchrow(QUERIES["select_credential"], credential_id)
+        row = await self._pool.fetchrow(_SQL["select_credential"], credential_id)
         if row is None:
             raise NotFoundError(f"no credential with id {credential_id}")
         return Credential.from_row(row)
@@ -143,7 +147,7 @@ class CredentialStore:
         cipher = self._require_cipher() if (client_secret or app_key) else None
         async with self._pool.acquire() as conn, conn.transaction():
             found = await conn.fetchval(
-                QUERIES["update_credential"],
+                _SQL["update_credential"],
                 credential_id,
                 client_id,
                 cipher.encrypt(client_secret) if cipher and client_secret else None,
@@ -155,29 +159,42 @@ class CredentialStore:
                 raise NotFoundError(f"no credential with id {credential_id}")
             if company_name:
                 # On this connection: holding one while waiting for another can starve a full pool.
-                company_id = await conn.fetchval(QUERIES["credential_company"], credential_id)
-                await conn.execute(QUERIES["upsert_company"], company_id, company_name)
+                company_id = await conn.fetchval(_SQL["credential_company"], credential_id)
+                await conn.execute(_SQL["upsert_company"], company_id, company_name)
         return await self.get(credential_id)
 
     async def set_status(
         self, credential_id: uuid.UUID, status: CredentialStatus, error: str | None = None
     ) -> None:
         found = await self._pool.fetchval(
-            QUERIES["set_credential_status"], credential_id, status.value, error
+            _SQL["set_credential_status"], credential_id, status.value, error
         )
         if found is None:
             raise NotFoundError(f"no credential with id {credential_id}")
 
     async def remove(self, credential_id: uuid.UUID) -> None:
-        found = await self._pool.fetchval(QUERIES["delete_credential"], credential_id)
+        found = await self._pool.fetchval(_SQL["delete_credential"], credential_id)
         if found is None:
             raise NotFoundError(f"no credential with id {credential_id}")
 
     async def count_by_status(self) -> dict[CredentialStatus, int]:
-        rows = await self._pool.fetch(QUERIES["count_credentials_by_status"])
+        rows = await self._pool.fetch(_SQL["count_credentials_by_status"])
         counts = dict.fromkeys(CredentialStatus, 0)
         counts.update({CredentialStatus(r["status"]): r["n"] for r in rows})
         return counts
+
+    async def last_success(
+        self, credential_ids: builtins.list[uuid.UUID]
+    ) -> dict[uuid.UUID, dict[str, datetime | None]]:
+        """When each data type of the given credentials last synced successfully."""
+        last: dict[uuid.UUID, dict[str, datetime | None]] = {}
+        for r in await self._pool.fetch(_SQL["last_success"], credential_ids):
+            last.setdefault(r["credential_id"], {})[r["data_type"]] = r["completed_at"]
+        return last
+
+    async def all_last_success(self) -> builtins.list[asyncpg.Record]:
+        """(credential_id, data_type, completed_at, company_id, environment) of every success."""
+        return await self._pool.fetch(_SQL["all_last_success"])
 
     async def access(
         self,
@@ -190,9 +207,7 @@ class CredentialStore:
         `secrets`: its encrypted columns when the caller has read them already.
         """
         cipher = self._require_cipher()
-        row = secrets or await self._pool.fetchrow(
-            QUERIES["select_credential_secrets"], credential.id
-        )
+        row = secrets or await self._pool.fetchrow(_SQL["select_credential_secrets"], credential.id)
         if row is None or row["client_secret_encrypted"] is None:
             raise NotFoundError(f"no credential with id {credential.id}")
         app_key = (
@@ -214,3 +229,26 @@ class CredentialStore:
             app_key=app_key,
             own_app_key=row["app_key_encrypted"] is not None,
         )
+
+
+def credential_view(
+    credential: Credential, last_success: dict[str, datetime | None] | None = None
+) -> CredentialView:
+    """A credential without any secret."""
+    last = last_success or {}
+    return {
+        "id": str(credential.id),
+        "company_id": credential.company_id,
+        "company": credential.company_name,
+        "environment": credential.environment.value,
+        "tenant_id": credential.tenant_id,
+        "client_id": credential.client_id,
+        "status": credential.status.value,
+        "last_error": credential.last_error,
+        "last_error_at": iso(credential.last_error_at),
+        "schedule_enabled": credential.schedule_enabled,
+        "has_app_key": credential.has_app_key,
+        "created_at": iso(credential.created_at) or "",
+        "updated_at": iso(credential.updated_at) or "",
+        "last_success": {dt.value: iso(last.get(dt.value)) for dt in DataType},
+    }

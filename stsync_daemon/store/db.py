@@ -84,3 +84,14 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     OSError,
 )
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    """One round trip: raises when PostgreSQL cannot answer."""
+    await pool.fetchval("SELECT 1")
+
+
+async def ensure_database(conn: asyncpg.Connection) -> None:
+    """Create the `stsync` database on a private cluster (the demo's) unless it exists."""
+    if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'stsync'"):
+        await conn.execute("CREATE DATABASE stsync")

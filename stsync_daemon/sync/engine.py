@@ -38,9 +38,11 @@ from ..servicetitan import (
     TenantClient,
     UnreadableRecord,
 )
+from ..store import records as record_tables
+from ..store import syncs as sync_log
 from ..store.credentials import Credential, CredentialStore
 from ..store.db import DB_ERRORS, describe_db_error
-from ..store.sql import QUERIES
+from ..store.syncs import lock_name, terminate, try_lock, unlock
 from .records import Batch, Rejected, Row, new_batch
 
 logger = logging.getLogger(__name__)
@@ -177,69 +179,6 @@ class SyncControl:
 ProgressCallback = Callable[[SyncProgress], Awaitable[None] | None]
 
 
-# One bigint per (environment, tenant, data type), held for the whole sync on its connection.
-_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 7321))"
-_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 7321))"
-
-
-def lock_name(environment: str, tenant_id: int, data_type: str) -> str:
-    """What two syncs must never share at the same time: the same rows of the same tenant."""
-    return f"stsync:{environment}:{tenant_id}:{data_type}"
-
-
-async def sweep_orphans(pool: asyncpg.Pool) -> list[uuid.UUID]:
-    """Mark `interrupted` every running sync whose lock nobody holds: its process died.
-
-    Exact across instances: a live sync holds its advisory lock from before its row exists until
-    after its row is final, and PostgreSQL releases the lock when the holder's connection dies.
-    """
-    swept: list[uuid.UUID] = []
-    async with pool.acquire() as conn:
-        for row in await conn.fetch(QUERIES["running_syncs"]):
-            name = lock_name(row["environment"], row["tenant_id"], row["data_type"])
-            if not await _try_lock(conn, name):
-                continue
-            try:
-                if await conn.fetchval(
-                    "SELECT status = 'running' FROM stsync.sync_log WHERE id = $1", row["id"]
-                ):
-                    await conn.execute(QUERIES["interrupt_sync"], row["id"])
-                    swept.append(row["id"])
-            finally:
-                await _unlock(conn, name)
-    return swept
-
-
-async def _try_lock(conn: Any, name: str) -> bool:
-    """Take a sync lock if free. A cancel or failure that lands after the server may have granted it
-    (the answer unread) terminates the connection, so a lock can never go back to the pool.
-    """
-    try:
-        return bool(await conn.fetchval(_TRY_LOCK, name))
-    except BaseException:
-        _terminate(conn)
-        raise
-
-
-async def _unlock(conn: Any, name: str) -> None:
-    """Release a sync lock; a connection that cannot is terminated, and the lock goes with it.
-
-    The pool hands connections on without resetting their sessions, so a held lock must not go back.
-    """
-    try:
-        await conn.fetchval(_UNLOCK, name)
-    except BaseException:
-        _terminate(conn)
-        raise
-
-
-def _terminate(conn: Any) -> None:
-    """Close a connection at once; its session (and any lock) ends, and asyncpg gives its pool slot
-    back. A connection PostgreSQL already dropped was given back before: nothing to do."""
-    with contextlib.suppress(asyncpg.InterfaceError):
-        conn.terminate()
-
-
 def _unreadable(record: UnreadableRecord) -> Rejected:
     """A record of the page that could not be decoded: a dead letter, kept byte for byte."""
     return Rejected(
@@ -281,15 +220,14 @@ class _End:
     full_pass_started_at: datetime | None
     credential: str | None  # "ok", "error" or None
 
-    def args(self, sync_id: uuid.UUID) -> tuple[Any, ...]:
-        return (
-            sync_id,
-            self.status.value,
-            self.category.value if self.category else None,
-            self.message,
-            self.full_pass_started_at,
-            self.credential,
-        )
+    def fields(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "category": self.category.value if self.category else None,
+            "message": self.message,
+            "full_pass_started_at": self.full_pass_started_at,
+            "credential_outcome": self.credential,
+        }
 
 
 class SyncEngine:
@@ -342,7 +280,7 @@ class SyncEngine:
         cancelled: asyncio.CancelledError | None = None
         try:
             try:
-                locked = await _try_lock(conn, name)
+                locked = await try_lock(conn, name)
                 if not locked:
                     raise SyncAlreadyRunning(
                         f"{request.data_type} of {credential.company_name} "
@@ -350,19 +288,19 @@ class SyncEngine:
                         "is already being synced"
                     )
                 sync_id = request.sync_id or uuid.uuid4()
-                started = await conn.fetchrow(
-                    QUERIES["start_sync"],
+                started = await sync_log.start(
+                    conn,
                     sync_id,
-                    request.run_id,
-                    credential.id,
-                    request.data_type.value,
-                    request.trigger.value,
-                    request.mode.value,
-                    request.retry_of,
-                    request.attempt,
-                    self._instance,
-                    credential.environment.value,
-                    credential.tenant_id,
+                    run_id=request.run_id,
+                    credential_id=credential.id,
+                    data_type=request.data_type.value,
+                    trigger=request.trigger.value,
+                    mode=request.mode.value,
+                    retry_of=request.retry_of,
+                    attempt=request.attempt,
+                    instance=self._instance,
+                    environment=credential.environment.value,
+                    tenant_id=credential.tenant_id,
                 )
                 start: str | None = started["continue_from"]
                 started_at: datetime = started["started_at"]
@@ -423,7 +361,7 @@ class SyncEngine:
         # and the lock died with its session): both calls then fail harmlessly.
         with contextlib.suppress(*DB_ERRORS):
             if lock is not None and not conn.is_closed():
-                await _unlock(conn, lock)
+                await unlock(conn, lock)
         with contextlib.suppress(*DB_ERRORS):
             await self._pool.release(conn)
 
@@ -494,11 +432,11 @@ class SyncEngine:
         try:
             if conn.is_in_transaction():
                 # A cancellation can land mid-transaction; roll it back before logging.
-                await conn.execute("ROLLBACK")
-            row = await conn.fetchrow(QUERIES["finish_sync"], *end.args(result.sync_id))
+                await sync_log.rollback(conn)
+            row = await sync_log.finish(conn, result.sync_id, **end.fields())
         except DB_ERRORS:
             # Broken (cancelled mid-query, or PostgreSQL went away): drop it, and its lock with it.
-            _terminate(conn)
+            terminate(conn)
             return False
         self._ended(result, end, row)
         return True
@@ -509,7 +447,7 @@ class SyncEngine:
         attempt = 0
         while True:
             try:
-                row = await self._pool.fetchrow(QUERIES["finish_sync"], *end.args(result.sync_id))
+                row = await sync_log.finish(self._pool, result.sync_id, **end.fields())
             except DB_ERRORS as exc:
                 delay = _FINISH_RETRY_SECONDS[min(attempt, len(_FINISH_RETRY_SECONDS) - 1)]
                 attempt += 1
@@ -619,7 +557,7 @@ class SyncEngine:
             )
         if load.direct_records >= _ANALYZE_AFTER_RECORDS:
             # The planner has never seen these rows; later merges and status queries need it to.
-            await conn.execute(QUERIES[f"analyze_{shape.table}"])
+            await record_tables.analyze(conn, shape.table)
 
     async def _drain(
         self,
@@ -749,7 +687,7 @@ class SyncEngine:
 
     async def _ensure_stage(self, conn: asyncpg.Connection, batch: Batch, load: _Load) -> None:
         if batch.rows and not load.staged:
-            await conn.execute(QUERIES[batch.shape.create_stage])
+            await record_tables.create_stage(conn, batch.shape.table)
             load.staged = True
 
     async def _write(
@@ -776,7 +714,9 @@ class SyncEngine:
         shape = batch.shape
         credential = request.credential
         await conn.copy_records_to_table(shape.stage_table, records=rows, columns=shape.columns)
-        await conn.execute(QUERIES[shape.merge], credential.environment.value, credential.tenant_id)
+        await record_tables.merge(
+            conn, shape.table, credential.environment.value, credential.tenant_id
+        )
 
     async def _write_isolating(
         self,
@@ -795,13 +735,13 @@ class SyncEngine:
         """
         rows = list(batch.rows.values())
         refused: list[Rejected] = []
-        clear = QUERIES[batch.shape.clear_stage]
+        table = batch.shape.table
 
         async def store(part: list[Row]) -> None:
             try:
                 async with conn.transaction():
                     await self._merge(conn, request, batch, part)
-                    await conn.execute(clear)
+                    await record_tables.clear_stage(conn, table)
             except _REFUSED as exc:
                 if len(part) > 1:
                     middle = len(part) // 2
@@ -847,41 +787,27 @@ class SyncEngine:
     ) -> None:
         """In the batch's transaction: dead letters (new and resolved), the cursor, the counters."""
         credential = request.credential
-        data_type = request.data_type.value
-        failed = len(batch.rejected)
-        if load.open_letters and batch.rows:
-            await conn.execute(
-                QUERIES["resolve_dead_letters"],
-                credential.id,
-                data_type,
-                [str(record_id) for record_id in batch.rows],
-            )
-        if batch.rejected:
-            await conn.execute(
-                QUERIES["insert_dead_letters"],
-                result.sync_id,
-                credential.id,
-                credential.environment.value,
-                credential.tenant_id,
-                data_type,
-                [r.record_id for r in batch.rejected],
-                [r.reason for r in batch.rejected],
-                [r.raw for r in batch.rejected],
-                [r.raw if r.jsonb_ok else None for r in batch.rejected],
-            )
-            load.open_letters = True
-        await conn.execute(
-            QUERIES["batch_committed"],
-            credential.id,
-            data_type,
-            batch.continue_from,
-            batch.max_modified,
+        await sync_log.book_batch(
+            conn,
             result.sync_id,
-            batch.processed,
-            batch.processed - failed,
-            failed,
-            batch.pages,
+            credential_id=credential.id,
+            environment=credential.environment.value,
+            tenant_id=credential.tenant_id,
+            data_type=request.data_type.value,
+            continue_from=batch.continue_from,
+            max_modified=batch.max_modified,
+            processed=batch.processed,
+            failed=len(batch.rejected),
+            pages=batch.pages,
+            stored_ids=(
+                [str(record_id) for record_id in batch.rows]
+                if load.open_letters and batch.rows
+                else ()
+            ),
+            rejected=[(r.record_id, r.reason, r.raw, r.jsonb_ok) for r in batch.rejected],
         )
+        if batch.rejected:
+            load.open_letters = True
 
     async def _copy_direct(
         self, conn: asyncpg.Connection, request: SyncRequest, batch: Batch

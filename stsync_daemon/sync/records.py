@@ -202,10 +202,7 @@ class Shape:
     convert: Callable[[dict[str, Any]], Row]
     columns: tuple[str, ...]
     stage_table: str
-    create_stage: str
-    merge: str
-    table: str
-    clear_stage: str
+    table: str  # in the `servicetitan` schema; also names its stage and merge in store/records.py
 
     @property
     def modified_index(self) -> int:
@@ -218,20 +215,14 @@ SHAPES: dict[DataType, Shape] = {
         customer_row,
         CUSTOMER_COLUMNS,
         "stsync_stage_customers",
-        "create_stage_customers",
-        "merge_customers",
         "customers",
-        "clear_stage_customers",
     ),
     DataType.INVOICES: Shape(
         DataType.INVOICES,
         invoice_row,
         INVOICE_COLUMNS,
         "stsync_stage_invoices",
-        "create_stage_invoices",
-        "merge_invoices",
         "invoices",
-        "clear_stage_invoices",
     ),
 }
 

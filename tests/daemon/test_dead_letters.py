@@ -15,9 +15,9 @@ import pytest
 
 from stsync_daemon.control.protocol import DeadLettersQuery, StatusQuery
 from stsync_daemon.control.server import dead_letters_document, status_document
-from stsync_daemon.daemon.report import build_report
 from stsync_daemon.enums import DataType, Environment
 from stsync_daemon.store.db import create_pool
+from stsync_daemon.store.syncs import SyncStore
 
 ACME, BOLT, GONE = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -71,7 +71,9 @@ async def seed(conn: asyncpg.Connection) -> None:
 
 
 async def ids(pool: asyncpg.Pool, **filters: object) -> tuple[list[int], int]:
-    document = await dead_letters_document(pool, DeadLettersQuery.model_validate(filters))
+    document = await dead_letters_document(
+        SyncStore(pool), DeadLettersQuery.model_validate(filters)
+    )
     return [item["id"] for item in document["dead_letters"]], document["total"]
 
 
@@ -97,7 +99,7 @@ async def test_filters(pool: asyncpg.Pool) -> None:
 
 
 async def test_raw_is_the_record_as_received_with_bad_bytes_escaped(pool: asyncpg.Pool) -> None:
-    document = await dead_letters_document(pool, DeadLettersQuery(include_resolved=True))
+    document = await dead_letters_document(SyncStore(pool), DeadLettersQuery(include_resolved=True))
     raw = {item["id"]: item["raw"] for item in document["dead_letters"]}
     assert raw == {
         1: '{"id": 1, "name": "A\\u0000B"}',  # the escape as it came, not a NUL
@@ -109,7 +111,7 @@ async def test_raw_is_the_record_as_received_with_bad_bytes_escaped(pool: asyncp
 
 
 async def test_each_item_says_whose_and_when(pool: asyncpg.Pool) -> None:
-    document = await dead_letters_document(pool, DeadLettersQuery(include_resolved=True))
+    document = await dead_letters_document(SyncStore(pool), DeadLettersQuery(include_resolved=True))
     items = {item["id"]: item for item in document["dead_letters"]}
     assert items[1] == {
         "id": 1,
@@ -134,7 +136,7 @@ async def test_each_item_says_whose_and_when(pool: asyncpg.Pool) -> None:
 
 async def test_status_and_report_count_open_dead_letters(pool: asyncpg.Pool) -> None:
     async def counted(company_id: str | None) -> int:
-        document = await status_document(pool, StatusQuery(company_id=company_id))
+        document = await status_document(SyncStore(pool), StatusQuery(company_id=company_id))
         return int(document["summary"]["dead_letters"])
 
     assert await counted(None) == 4
@@ -142,6 +144,6 @@ async def test_status_and_report_count_open_dead_letters(pool: asyncpg.Pool) -> 
     assert await counted("2077") == 1
     assert await counted("nobody") == 0
     # Filters on syncs do not narrow it: it counts what waits for the operator.
-    document = await status_document(pool, StatusQuery(running_only=True, last_24h=True))
+    document = await status_document(SyncStore(pool), StatusQuery(running_only=True, last_24h=True))
     assert document["summary"]["dead_letters"] == 4
-    assert (await build_report(pool, 24))["summary"]["dead_letters"] == 4
+    assert (await SyncStore(pool).report(24))["summary"]["dead_letters"] == 4

@@ -7,14 +7,14 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pydantic import SecretStr
 
 from stsync_daemon.config import Settings
 from stsync_daemon.control.protocol import ProcessRequest, RetryRequest
-from stsync_daemon.control.server import ControlServer
+from stsync_daemon.control.server import ControlServer, ControlServices
 from stsync_daemon.daemon.events import EventQueue
 from stsync_daemon.daemon.runner import Run, Runner
 from stsync_daemon.metrics import Metrics
@@ -157,7 +157,8 @@ async def test_a_client_gone_mid_run_leaves_no_queue_and_the_run_completes(
 
         monkeypatch.setattr(runner, "subscribe", remember)
         control = ControlServer(
-            daemon=SimpleNamespace(runner=runner),
+            # Only the runner is asked for in a process request.
+            services=cast(ControlServices, SimpleNamespace(runner=runner)),
             socket_path=tmp_path / "control.sock",
             socket_mode=0o600,
             allowed_group=None,

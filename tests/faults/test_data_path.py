@@ -220,10 +220,10 @@ async def test_a_cancel_landing_after_the_lock_was_granted_leaks_no_lock(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server granted the advisory lock, the cancel arrived before we read the answer."""
-    from stsync_daemon.sync import engine as engine_module
+    from stsync_daemon.store import syncs as sync_log
 
     cred = await rig.add(102)
-    real = engine_module._TRY_LOCK
+    real = sync_log._SQL["try_lock"]
 
     class Conn:
         def __init__(self, inner: Any) -> None:

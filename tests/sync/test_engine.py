@@ -17,7 +17,8 @@ from stsync_daemon.enums import (
     SyncStatus,
 )
 from stsync_daemon.sandbox import FaultRule, SandboxConfig, truth_digest
-from stsync_daemon.sync.engine import SyncControl, SyncRequest, sweep_orphans
+from stsync_daemon.store.syncs import sweep_orphans
+from stsync_daemon.sync.engine import SyncControl, SyncRequest
 from tests.support import Rig, db_truth, engine_rig, tenant
 
 PROD = Environment.PRODUCTION

@@ -1,21 +1,19 @@
--- Named queries for running as one service across instances (see daemon/runner.py).
+-- Named queries of runs, their items and claims, and instances (store/runs.py).
+-- Each block starts with `-- name: <name>` and a one-line description; store/sql.py loads them.
+-- Parameters are always bound ($n), never formatted in.
 
--- name: heartbeat
-INSERT INTO stsync.instances (name, host, pid, version) VALUES ($1, $2, $3, $4)
-ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL,
-    host = excluded.host, pid = excluded.pid, version = excluded.version;
+-- name: insert_run
+-- A run that is not a batch of syncs (the report action); nothing when it exists.
+INSERT INTO stsync.runs (id, action, trigger, schedule_name, scheduled_for, params, instance)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT DO NOTHING
+RETURNING started_at;
 
--- name: instance_stopped
-UPDATE stsync.instances SET stopped_at = now(), heartbeat_at = now() WHERE name = $1;
-
--- name: select_instances
-SELECT name, host, pid, version, started_at, heartbeat_at, stopped_at,
-       (stopped_at IS NULL AND heartbeat_at >= now() - make_interval(secs => $1)) AS alive,
-       (SELECT count(*) FROM stsync.sync_log s
-         WHERE s.instance = i.name AND s.status = 'running') AS running_syncs
-FROM stsync.instances i
-WHERE stopped_at IS NULL OR stopped_at > now() - interval '1 day'
-ORDER BY name;
+-- name: insert_manual_run
+-- A run started by an operator.
+INSERT INTO stsync.runs (id, action, trigger, params, instance, max_concurrent, timeout_seconds)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING started_at;
 
 -- name: claim_tick
 -- A scheduled tick becomes a run once across all instances, and only while no earlier run of the
@@ -30,21 +28,35 @@ ON CONFLICT DO NOTHING
 RETURNING started_at;
 
 -- name: tick_taken
+-- Whether a schedule's tick already became a run (here or on another instance).
 SELECT EXISTS (SELECT 1 FROM stsync.runs WHERE schedule_name = $1 AND scheduled_for = $2);
 
--- name: insert_manual_run
-INSERT INTO stsync.runs (id, action, trigger, params, instance, max_concurrent, timeout_seconds)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-RETURNING started_at;
-
 -- name: insert_run_items
+-- A run's (credential, data type) items, in the order they should run.
 INSERT INTO stsync.run_items (run_id, position, credential_id, data_type, mode, trigger, retry_of,
                               attempt)
 SELECT $1, i.position, i.credential_id, i.data_type, i.mode, i.trigger, i.retry_of, i.attempt
 FROM unnest($2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::uuid[], $8::int[])
      AS i (position, credential_id, data_type, mode, trigger, retry_of, attempt);
 
+-- name: finish_run
+-- A run's end: its status and its summary document.
+UPDATE stsync.runs SET status = $2, summary = $3, completed_at = now() WHERE id = $1;
+
+-- name: run_header
+-- What a run's summary needs of the run itself.
+SELECT action, trigger, started_at FROM stsync.runs WHERE id = $1;
+
+-- name: run_status
+-- A run's status and owner.
+SELECT status, instance FROM stsync.runs WHERE id = $1;
+
+-- name: own_running_runs
+-- This instance's running runs.
+SELECT id FROM stsync.runs WHERE status = 'running' AND instance = $1;
+
 -- name: runs_with_pending_items
+-- Running runs with items left to claim, oldest first.
 SELECT r.id, r.max_concurrent, r.timeout_seconds
 FROM stsync.runs r
 WHERE r.status = 'running'
@@ -88,17 +100,24 @@ WHERE i.status = 'claimed' AND i.claimed_by = $1
 RETURNING i.run_id;
 
 -- name: finish_item
+-- An item's end and its outcome.
 UPDATE stsync.run_items SET status = 'done', finished_at = now(), outcome = $4
 WHERE run_id = $1 AND credential_id = $2 AND data_type = $3;
 
 -- name: cancel_pending_items
+-- A run's items not yet claimed: cancelled, with why.
 UPDATE stsync.run_items SET status = 'cancelled', finished_at = now(), outcome = $2
 WHERE run_id = $1 AND status = 'pending';
 
 -- name: run_progress
+-- How many of a run's items are still open, and in all.
 SELECT count(*) FILTER (WHERE status IN ('pending', 'claimed')) AS open,
        count(*) AS total
 FROM stsync.run_items WHERE run_id = $1;
+
+-- name: run_credentials
+-- How many credentials a run covers.
+SELECT count(DISTINCT credential_id) FROM stsync.run_items WHERE run_id = $1;
 
 -- name: run_item_outcomes
 -- Items that ended without a sync of their own (skipped or cancelled), for the run's summary.
@@ -108,17 +127,6 @@ JOIN stsync.credentials c ON c.id = i.credential_id
 JOIN stsync.companies co ON co.id = c.company_id
 WHERE i.run_id = $1 AND i.outcome IS NOT NULL
 ORDER BY i.position;
-
--- name: finished_syncs_of_run
-SELECT s.id, s.run_id, s.credential_id, s.data_type, s.trigger, s.mode, s.status, s.started_at,
-       s.completed_at, s.records_processed, s.records_successful, s.records_failed, s.pages,
-       s.error_category, s.error_message, s.retry_of, s.attempt, s.instance,
-       c.company_id, co.name AS company_name, c.environment, c.tenant_id
-FROM stsync.sync_log s
-JOIN stsync.credentials c ON c.id = s.credential_id
-JOIN stsync.companies co ON co.id = c.company_id
-WHERE s.run_id = $1 AND s.status <> 'running'
-ORDER BY s.completed_at;
 
 -- name: settle_orphaned_items
 -- Claimed items whose sync ended (e.g. swept as interrupted) or whose claimer is gone.
@@ -146,17 +154,52 @@ WHERE r.status = 'running'
   AND NOT EXISTS (SELECT 1 FROM stsync.run_items i
                   WHERE i.run_id = r.id AND i.status IN ('pending', 'claimed'));
 
--- name: run_status
-SELECT status, instance FROM stsync.runs WHERE id = $1;
+-- name: select_runs
+-- The newest $1 runs with their syncs' counts.
+SELECT r.id, r.action, r.trigger, r.schedule_name, r.scheduled_for, r.status, r.instance,
+       r.started_at, r.completed_at,
+       count(s.id) AS total_syncs,
+       count(s.id) FILTER (WHERE s.status = 'running') AS running_syncs,
+       count(s.id) FILTER (WHERE s.status = 'completed') AS successful_syncs,
+       count(s.id) FILTER (WHERE s.status IN ('failed', 'timed_out', 'interrupted', 'cancelled'))
+           AS failed_syncs,
+       coalesce(sum(s.records_processed), 0)::bigint AS records_processed
+FROM (SELECT * FROM stsync.runs ORDER BY started_at DESC LIMIT $1) r
+LEFT JOIN stsync.sync_log s ON s.run_id = r.id
+GROUP BY r.id, r.action, r.trigger, r.schedule_name, r.scheduled_for, r.status, r.instance,
+         r.started_at, r.completed_at
+ORDER BY r.started_at DESC;
 
--- name: sync_running_where
-SELECT instance, run_id FROM stsync.sync_log WHERE id = $1 AND status = 'running';
+-- name: last_schedule_runs
+-- Each schedule's latest run.
+SELECT DISTINCT ON (schedule_name) schedule_name, id, scheduled_for, started_at
+FROM stsync.runs WHERE schedule_name IS NOT NULL
+ORDER BY schedule_name, started_at DESC;
 
--- name: own_running_runs
-SELECT id FROM stsync.runs WHERE status = 'running' AND instance = $1;
+-- name: heartbeat
+-- This instance is alive (registered on first beat).
+INSERT INTO stsync.instances (name, host, pid, version) VALUES ($1, $2, $3, $4)
+ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL,
+    host = excluded.host, pid = excluded.pid, version = excluded.version;
+
+-- name: instance_stopped
+-- This instance stopped cleanly: its runs need no lease to expire.
+UPDATE stsync.instances SET stopped_at = now(), heartbeat_at = now() WHERE name = $1;
 
 -- name: select_instance
+-- One instance's registration.
 SELECT host, pid, heartbeat_at, stopped_at FROM stsync.instances WHERE name = $1;
 
--- name: run_credentials
-SELECT count(DISTINCT credential_id) FROM stsync.run_items WHERE run_id = $1;
+-- name: select_instances
+-- Instances seen in the last day, whether alive, and their running syncs.
+SELECT name, host, pid, version, started_at, heartbeat_at, stopped_at,
+       (stopped_at IS NULL AND heartbeat_at >= now() - make_interval(secs => $1)) AS alive,
+       (SELECT count(*) FROM stsync.sync_log s
+         WHERE s.instance = i.name AND s.status = 'running') AS running_syncs
+FROM stsync.instances i
+WHERE stopped_at IS NULL OR stopped_at > now() - interval '1 day'
+ORDER BY name;
+
+-- name: notify
+-- Tell every instance's listener ($1: the channel) that something changed ($2).
+SELECT pg_notify($1, $2);

@@ -1,64 +1,6 @@
--- Named queries: each block starts with a line `-- name: <name>` and is loaded by store/sql.py.
+-- Named queries of the sync log, its cursors and dead letters (store/syncs.py).
+-- Each block starts with `-- name: <name>` and a one-line description; store/sql.py loads them.
 -- Parameters are always bound ($n), never formatted in.
-
--- name: upsert_company
-INSERT INTO stsync.companies (id, name) VALUES ($1, $2)
-ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = now()
-WHERE stsync.companies.name IS DISTINCT FROM excluded.name;
-
--- name: insert_credential
-INSERT INTO stsync.credentials (id, company_id, environment, tenant_id, client_id,
-                                client_secret_encrypted, app_key_encrypted, schedule_enabled)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
-
--- name: select_credentials
-SELECT c.id, c.company_id, co.name AS company_name, c.environment, c.tenant_id, c.client_id,
-       c.status, c.last_error, c.last_error_at, c.schedule_enabled,
-       c.app_key_encrypted IS NOT NULL AS has_app_key, c.created_at, c.updated_at
-FROM stsync.credentials c JOIN stsync.companies co ON co.id = c.company_id
-WHERE ($1::text IS NULL OR c.environment = $1)
-  AND ($2::text IS NULL OR c.company_id = $2)
-  AND ($3::uuid IS NULL OR c.id = $3)
-ORDER BY co.name, c.company_id, c.environment, c.tenant_id;
-
--- name: select_credential
-SELECT c.id, c.company_id, co.name AS company_name, c.environment, c.tenant_id, c.client_id,
-       c.status, c.last_error, c.last_error_at, c.schedule_enabled,
-       c.app_key_encrypted IS NOT NULL AS has_app_key, c.created_at, c.updated_at
-FROM stsync.credentials c JOIN stsync.companies co ON co.id = c.company_id
-WHERE c.id = $1;
-
--- name: credential_company
-SELECT company_id FROM stsync.credentials WHERE id = $1;
-
--- name: select_credential_secrets
-SELECT client_secret_encrypted, app_key_encrypted FROM stsync.credentials WHERE id = $1;
-
--- name: update_credential
-UPDATE stsync.credentials SET
-    client_id = coalesce($2, client_id),
-    client_secret_encrypted = coalesce($3, client_secret_encrypted),
-    app_key_encrypted = CASE WHEN $5 THEN NULL ELSE coalesce($4, app_key_encrypted) END,
-    schedule_enabled = coalesce($6, schedule_enabled),
-    -- New credentials deserve a new chance: a fixed secret clears the error state.
-    status = CASE WHEN ($2 IS NOT NULL OR $3 IS NOT NULL) AND status = 'error' THEN 'active'
-                  ELSE status END,
-    updated_at = now()
-WHERE id = $1
-RETURNING id;
-
--- name: set_credential_status
-UPDATE stsync.credentials SET status = $2, last_error = $3,
-    last_error_at = CASE WHEN $3::text IS NULL THEN last_error_at ELSE now() END,
-    updated_at = now()
-WHERE id = $1
-RETURNING id;
-
--- name: delete_credential
-DELETE FROM stsync.credentials WHERE id = $1 RETURNING id;
-
--- name: count_credentials_by_status
-SELECT status, count(*) AS n FROM stsync.credentials GROUP BY status;
 
 -- name: start_sync
 -- A sync's row, the cursor it resumes from, whether the tenant has records of the data type yet and
@@ -147,15 +89,29 @@ WITH done AS (
 SELECT completed_at, records_processed, records_successful, records_failed, pages FROM done;
 
 -- name: running_syncs
+-- Syncs the log says are running, with what their advisory lock is named after.
 SELECT s.id, c.environment, c.tenant_id, s.data_type
 FROM stsync.sync_log s JOIN stsync.credentials c ON c.id = s.credential_id
 WHERE s.status = 'running';
 
+-- name: sync_still_running
+-- Whether a sync is still running (checked again once its lock is held).
+SELECT status = 'running' FROM stsync.sync_log WHERE id = $1;
+
 -- name: interrupt_sync
+-- A running sync whose process died: interrupted, resumable from its cursor.
 UPDATE stsync.sync_log SET status = 'interrupted', completed_at = now(),
     error_category = 'unexpected',
     error_message = 'the daemon running this sync stopped; the next sync resumes from its last committed page'
 WHERE id = $1 AND status = 'running';
+
+-- name: try_lock
+-- Take a sync's advisory lock ($1: its name, see lock_name) if it is free.
+SELECT pg_try_advisory_lock(hashtextextended($1, 7321));
+
+-- name: unlock
+-- Release a sync's advisory lock.
+SELECT pg_advisory_unlock(hashtextextended($1, 7321));
 
 -- name: insert_dead_letters
 -- Records that cannot be stored: their JSON text as received ($8), and as jsonb ($9) when PostgreSQL
@@ -171,12 +127,6 @@ FROM unnest($6::text[], $7::text[], $8::bytea[], $9::jsonb[])
 UPDATE stsync.dead_letters SET resolved_at = now()
 WHERE credential_id = $1 AND data_type = $2 AND resolved_at IS NULL
   AND record_id = ANY($3::text[]);
-
--- name: clear_stage_customers
-DELETE FROM pg_temp.stsync_stage_customers;
-
--- name: clear_stage_invoices
-DELETE FROM pg_temp.stsync_stage_invoices;
 
 -- name: select_dead_letters
 -- Dead letters matching the filters, newest first, at most $6, each with how many match in all.
@@ -209,78 +159,10 @@ SELECT environment, data_type, count(*) AS n
 FROM stsync.dead_letters WHERE resolved_at IS NULL
 GROUP BY environment, data_type;
 
--- name: analyze_customers
-ANALYZE servicetitan.customers;
-
--- name: analyze_invoices
-ANALYZE servicetitan.invoices;
-
--- name: create_stage_customers
-CREATE TEMPORARY TABLE IF NOT EXISTS stsync_stage_customers (
-    id bigint, name text, type text, active boolean, balance numeric,
-    street text, unit text, city text, state text, zip text, country text,
-    latitude double precision, longitude double precision,
-    created_on timestamptz, modified_on timestamptz, payload jsonb
-) ON COMMIT DELETE ROWS;
-
--- name: merge_customers
-INSERT INTO servicetitan.customers AS t (environment, tenant_id, id, name, type, active, balance,
-    street, unit, city, state, zip, country, latitude, longitude, created_on, modified_on, payload)
-SELECT $1, $2, s.id, s.name, s.type, s.active, s.balance, s.street, s.unit, s.city, s.state, s.zip,
-       s.country, s.latitude, s.longitude, s.created_on, s.modified_on, s.payload
-FROM pg_temp.stsync_stage_customers s
-ON CONFLICT (environment, tenant_id, id) DO UPDATE SET
-    name = excluded.name, type = excluded.type, active = excluded.active,
-    balance = excluded.balance, street = excluded.street, unit = excluded.unit,
-    city = excluded.city, state = excluded.state, zip = excluded.zip, country = excluded.country,
-    latitude = excluded.latitude, longitude = excluded.longitude,
-    created_on = excluded.created_on, modified_on = excluded.modified_on,
-    payload = excluded.payload, synced_at = now()
--- Never replace a row by an older version (a replay, a restart by date): a tie is decided by content.
-WHERE excluded.modified_on > t.modified_on
-   OR (excluded.modified_on = t.modified_on
-       AND (t.active IS DISTINCT FROM excluded.active
-            OR t.payload IS DISTINCT FROM excluded.payload));
-
--- name: create_stage_invoices
-CREATE TEMPORARY TABLE IF NOT EXISTS stsync_stage_invoices (
-    id bigint, customer_id bigint, reference_number text, invoice_date timestamptz,
-    due_date timestamptz, sub_total numeric, sales_tax numeric, total numeric, balance numeric,
-    job_id bigint, business_unit_id bigint, active boolean, created_on timestamptz,
-    modified_on timestamptz, payload jsonb
-) ON COMMIT DELETE ROWS;
-
--- name: merge_invoices
-INSERT INTO servicetitan.invoices AS t (environment, tenant_id, id, customer_id, reference_number,
-    invoice_date, due_date, sub_total, sales_tax, total, balance, job_id, business_unit_id, active,
-    created_on, modified_on, payload)
-SELECT $1, $2, s.id, s.customer_id, s.reference_number, s.invoice_date, s.due_date, s.sub_total,
-       s.sales_tax, s.total, s.balance, s.job_id, s.business_unit_id, s.active, s.created_on,
-       s.modified_on, s.payload
-FROM pg_temp.stsync_stage_invoices s
-ON CONFLICT (environment, tenant_id, id) DO UPDATE SET
-    customer_id = excluded.customer_id, reference_number = excluded.reference_number,
-    invoice_date = excluded.invoice_date, due_date = excluded.due_date,
-    sub_total = excluded.sub_total, sales_tax = excluded.sales_tax, total = excluded.total,
-    balance = excluded.balance, job_id = excluded.job_id,
-    business_unit_id = excluded.business_unit_id, active = excluded.active,
-    created_on = excluded.created_on, modified_on = excluded.modified_on,
-    payload = excluded.payload, synced_at = now()
--- Never replace a row by an older version (a replay, a restart by date): a tie is decided by content.
-WHERE excluded.modified_on > t.modified_on
-   OR (excluded.modified_on = t.modified_on
-       AND (t.active IS DISTINCT FROM excluded.active
-            OR t.payload IS DISTINCT FROM excluded.payload));
-
 -- name: select_syncs
-SELECT s.id, s.run_id, s.credential_id, s.data_type, s.trigger, s.mode, s.status, s.started_at,
-       s.completed_at, s.records_processed, s.records_successful, s.records_failed, s.pages,
-       s.error_category, s.error_message, s.retry_of, s.attempt, s.instance,
-       c.company_id, co.name AS company_name, c.environment, c.tenant_id
-FROM stsync.sync_log s
-JOIN stsync.credentials c ON c.id = s.credential_id
-JOIN stsync.companies co ON co.id = c.company_id
-WHERE ($1::text IS NULL OR c.company_id = $1)
+-- Syncs matching the status filters, newest first, at most $6.
+SELECT s.* FROM stsync.sync_view s
+WHERE ($1::text IS NULL OR s.company_id = $1)
   AND (NOT $2 OR s.status = 'running')
   AND (NOT $3 OR s.status = 'failed')
   AND ($4::timestamptz IS NULL OR s.started_at >= $4)
@@ -289,6 +171,7 @@ ORDER BY s.started_at DESC
 LIMIT $6;
 
 -- name: summarize_syncs
+-- Counts, records and mean duration per status over the syncs matching the filters.
 SELECT s.status, count(*) AS n, sum(s.records_processed) AS records,
        sum(s.records_failed) AS failed_records,
        avg(extract(epoch FROM s.completed_at - s.started_at)) AS mean_seconds
@@ -300,18 +183,18 @@ WHERE ($1::text IS NULL OR c.company_id = $1)
   AND ($4::timestamptz IS NULL OR s.started_at >= $4)
 GROUP BY s.status;
 
--- name: last_success
--- When each (credential, data type) of the given credentials last synced successfully.
-SELECT credential_id, data_type, last_success_at AS completed_at
-FROM stsync.cursors
-WHERE credential_id = ANY($1::uuid[]) AND last_success_at IS NOT NULL;
+-- name: finished_syncs_of_run
+-- A run's finished syncs, as the sync view shows them.
+SELECT s.* FROM stsync.sync_view s
+WHERE s.run_id = $1 AND s.status <> 'running'
+ORDER BY s.completed_at;
 
--- name: all_last_success
-SELECT k.credential_id, k.data_type, k.last_success_at AS completed_at, c.company_id, c.environment
-FROM stsync.cursors k JOIN stsync.credentials c ON c.id = k.credential_id
-WHERE k.last_success_at IS NOT NULL;
+-- name: sync_running_where
+-- Where a running sync runs, and in which run.
+SELECT instance, run_id FROM stsync.sync_log WHERE id = $1 AND status = 'running';
 
 -- name: select_cursors
+-- The cursors of the given credentials, for a run's plan.
 SELECT credential_id, data_type, continue_from IS NOT NULL AS has_token, max_modified_on,
        full_completed_at, last_success_at
 FROM stsync.cursors WHERE credential_id = ANY($1::uuid[]);
@@ -325,36 +208,8 @@ FROM stsync.sync_log s
 WHERE s.started_at >= $1
 ORDER BY s.credential_id, s.data_type, s.started_at DESC;
 
--- name: insert_run
-INSERT INTO stsync.runs (id, action, trigger, schedule_name, scheduled_for, params, instance)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT DO NOTHING
-RETURNING started_at;
-
--- name: finish_run
-UPDATE stsync.runs SET status = $2, summary = $3, completed_at = now() WHERE id = $1;
-
--- name: select_runs
-SELECT r.id, r.action, r.trigger, r.schedule_name, r.scheduled_for, r.status, r.instance,
-       r.started_at, r.completed_at,
-       count(s.id) AS total_syncs,
-       count(s.id) FILTER (WHERE s.status = 'running') AS running_syncs,
-       count(s.id) FILTER (WHERE s.status = 'completed') AS successful_syncs,
-       count(s.id) FILTER (WHERE s.status IN ('failed', 'timed_out', 'interrupted', 'cancelled'))
-           AS failed_syncs,
-       coalesce(sum(s.records_processed), 0)::bigint AS records_processed
-FROM (SELECT * FROM stsync.runs ORDER BY started_at DESC LIMIT $1) r
-LEFT JOIN stsync.sync_log s ON s.run_id = r.id
-GROUP BY r.id, r.action, r.trigger, r.schedule_name, r.scheduled_for, r.status, r.instance,
-         r.started_at, r.completed_at
-ORDER BY r.started_at DESC;
-
--- name: last_schedule_runs
-SELECT DISTINCT ON (schedule_name) schedule_name, id, scheduled_for, started_at
-FROM stsync.runs WHERE schedule_name IS NOT NULL
-ORDER BY schedule_name, started_at DESC;
-
 -- name: report_rows
+-- Per credential and data type: syncs, outcomes and records since $1.
 SELECT c.id AS credential_id, c.company_id, co.name AS company_name, c.environment, d.data_type,
        count(s.id) AS syncs,
        count(s.id) FILTER (WHERE s.status = 'completed') AS completed,

@@ -1,0 +1,84 @@
+-- Named queries of credentials and companies (store/credentials.py).
+-- Each block starts with `-- name: <name>` and a one-line description; store/sql.py loads them.
+-- Parameters are always bound ($n), never formatted in.
+
+-- name: upsert_company
+-- A company by its id, its name kept current.
+INSERT INTO stsync.companies (id, name) VALUES ($1, $2)
+ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = now()
+WHERE stsync.companies.name IS DISTINCT FROM excluded.name;
+
+-- name: insert_credential
+-- A new credential, its secrets encrypted by the caller.
+INSERT INTO stsync.credentials (id, company_id, environment, tenant_id, client_id,
+                                client_secret_encrypted, app_key_encrypted, schedule_enabled)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+
+-- name: select_credentials
+-- Credentials matching the filters (environment, company, id), without secrets.
+SELECT c.id, c.company_id, co.name AS company_name, c.environment, c.tenant_id, c.client_id,
+       c.status, c.last_error, c.last_error_at, c.schedule_enabled,
+       c.app_key_encrypted IS NOT NULL AS has_app_key, c.created_at, c.updated_at
+FROM stsync.credentials c JOIN stsync.companies co ON co.id = c.company_id
+WHERE ($1::text IS NULL OR c.environment = $1)
+  AND ($2::text IS NULL OR c.company_id = $2)
+  AND ($3::uuid IS NULL OR c.id = $3)
+ORDER BY co.name, c.company_id, c.environment, c.tenant_id;
+
+-- name: select_credential
+-- One credential without its secrets.
+SELECT c.id, c.company_id, co.name AS company_name, c.environment, c.tenant_id, c.client_id,
+       c.status, c.last_error, c.last_error_at, c.schedule_enabled,
+       c.app_key_encrypted IS NOT NULL AS has_app_key, c.created_at, c.updated_at
+FROM stsync.credentials c JOIN stsync.companies co ON co.id = c.company_id
+WHERE c.id = $1;
+
+-- name: credential_company
+-- The company a credential belongs to.
+SELECT company_id FROM stsync.credentials WHERE id = $1;
+
+-- name: select_credential_secrets
+-- One credential's encrypted client secret and app key.
+SELECT client_secret_encrypted, app_key_encrypted FROM stsync.credentials WHERE id = $1;
+
+-- name: update_credential
+-- Only the given fields of a credential change ($2..$6 NULL leave them as they are).
+UPDATE stsync.credentials SET
+    client_id = coalesce($2, client_id),
+    client_secret_encrypted = coalesce($3, client_secret_encrypted),
+    app_key_encrypted = CASE WHEN $5 THEN NULL ELSE coalesce($4, app_key_encrypted) END,
+    schedule_enabled = coalesce($6, schedule_enabled),
+    -- New credentials deserve a new chance: a fixed secret clears the error state.
+    status = CASE WHEN ($2 IS NOT NULL OR $3 IS NOT NULL) AND status = 'error' THEN 'active'
+                  ELSE status END,
+    updated_at = now()
+WHERE id = $1
+RETURNING id;
+
+-- name: set_credential_status
+-- A credential's status, and its last error when $3 is given.
+UPDATE stsync.credentials SET status = $2, last_error = $3,
+    last_error_at = CASE WHEN $3::text IS NULL THEN last_error_at ELSE now() END,
+    updated_at = now()
+WHERE id = $1
+RETURNING id;
+
+-- name: delete_credential
+-- A credential and, by cascade, its cursors and run items.
+DELETE FROM stsync.credentials WHERE id = $1 RETURNING id;
+
+-- name: count_credentials_by_status
+-- How many credentials are in each status (the stsync_credentials gauge).
+SELECT status, count(*) AS n FROM stsync.credentials GROUP BY status;
+
+-- name: last_success
+-- When each (credential, data type) of the given credentials last synced successfully.
+SELECT credential_id, data_type, last_success_at AS completed_at
+FROM stsync.cursors
+WHERE credential_id = ANY($1::uuid[]) AND last_success_at IS NOT NULL;
+
+-- name: all_last_success
+-- Every (credential, data type) that has synced successfully, and when.
+SELECT k.credential_id, k.data_type, k.last_success_at AS completed_at, c.company_id, c.environment
+FROM stsync.cursors k JOIN stsync.credentials c ON c.id = k.credential_id
+WHERE k.last_success_at IS NOT NULL;
