@@ -42,7 +42,8 @@ from ..views import Health as HealthView
 from ..views import ScheduleView
 from .health import OK, Health
 from .report import log_report
-from .runner import Runner, TickNotClaimed
+from .runner import Runner
+from .runs import TickNotClaimed
 from .scheduler import Scheduler
 from .systemd import SystemdNotifier, watchdog_interval, watchdog_loop
 
@@ -127,7 +128,7 @@ class Daemon:
             self.metrics,
             misfire_grace_seconds=settings.scheduler.misfire_grace_seconds,
         )
-        self.runner.schedule_views = self.scheduler.views
+        self.runner.planner.schedule_views = self.scheduler.views
         self.control = ControlServer(
             services=ControlServices(
                 runner=self.runner,

@@ -6,6 +6,9 @@ instance alone behaves as a semaphore-bounded batch and several share the work. 
 created a run supervises it: it streams events, waits for every item, and writes the summary. A run
 belongs to the runner, not to whoever asked for it: a client that disconnects leaves it going;
 `cancel()` and `shutdown()` are the ways to stop one.
+
+What a request selects is `planning.py`'s; the run and its events are `runs.py`'s; the SQL is
+`store/runs.py`'s. This module claims, runs and supervises.
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -25,7 +27,6 @@ import orjson
 
 from ..config import Settings
 from ..enums import (
-    CredentialStatus,
     DataType,
     Environment,
     ErrorCategory,
@@ -46,26 +47,29 @@ from ..sync.engine import (
     SyncAlreadyRunning,
     SyncControl,
     SyncEngine,
-    SyncProgress,
     SyncRequest,
     SyncResult,
 )
 from ..views import (
     EVENT_RUN_FINISHED,
-    EVENT_RUN_STARTED,
     EVENT_SYNC_FINISHED,
-    EVENT_SYNC_PROGRESS,
     EVENT_SYNC_STARTED,
     Plan,
-    PlanItem,
     RunSummary,
-    ScheduleView,
     SkippedView,
     SyncView,
     iso,
 )
 from .events import SUBSCRIBER_BOUND, EventQueue, Stream
-from .scheduler import TickSkipped
+from .planning import Planner, WorkItem
+from .runs import (
+    LocalSync,
+    Run,
+    TickNotClaimed,
+    progress_publisher,
+    started_event,
+    sync_event,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,98 +87,6 @@ _OUTAGE_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 15.0)
 def outage_delay(attempt: int) -> float:
     """The wait before attempt `attempt + 1` of something PostgreSQL refused `attempt` times."""
     return _OUTAGE_BACKOFF_SECONDS[min(max(attempt, 1), len(_OUTAGE_BACKOFF_SECONDS)) - 1]
-
-
-def skipped_view(credential: Credential, data_type: DataType | str, reason: str) -> SkippedView:
-    """A pair left out of a run."""
-    return {
-        "credential_id": str(credential.id),
-        "company_id": credential.company_id,
-        "company": credential.company_name,
-        "environment": credential.environment.value,
-        "data_type": str(data_type),
-        "reason": reason,
-    }
-
-
-def _unschedulable(credential: Credential) -> str | None:
-    """Why schedules leave a credential alone (manual runs may still name it), or None."""
-    if credential.status is CredentialStatus.DISABLED:
-        return "credential disabled"
-    if credential.status is CredentialStatus.ERROR:
-        return f"credential in error: {credential.last_error or 'fix and enable it'}"
-    if not credential.schedule_enabled:
-        return "scheduled syncs turned off for this credential"
-    return None
-
-
-class TickNotClaimed(TickSkipped):
-    """A tick another instance ran (`claimed_elsewhere`) or whose schedule still runs."""
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """One (credential, data type) a run will sync."""
-
-    credential: Credential
-    data_type: DataType
-    mode: SyncMode
-    trigger: Trigger
-    retry_of: uuid.UUID | None = None
-    attempt: int = 1
-
-
-@dataclass
-class Run:
-    """A batch this instance created and supervises."""
-
-    id: uuid.UUID
-    action: str
-    trigger: Trigger
-    schedule_name: str | None
-    items: list[WorkItem]
-    skipped: list[SkippedView]
-    max_concurrent: int
-    timeout_seconds: float
-    started_at: datetime
-    task: asyncio.Task[RunSummary] | None = None
-    subscribers: list[EventQueue] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    cancel_status: SyncStatus | None = None
-    stop_waiting: bool = False
-
-    @property
-    def total_credentials(self) -> int:
-        return len({item.credential.id for item in self.items})
-
-    def publish(self, event: Event) -> None:
-        # Never blocks: a subscriber that falls behind loses progress events, nothing else.
-        for queue in self.subscribers:
-            queue.put_nowait(event)
-
-
-@dataclass
-class LocalSync:
-    """A claimed item running in this instance."""
-
-    run_id: uuid.UUID
-    sync_id: uuid.UUID
-    control: SyncControl
-    task: asyncio.Task[None] | None = None
-    # A task cancelled before its first step never runs its cleanup (slot, item, bookkeeping):
-    # one not started yet is told to stop instead, and does so through that cleanup.
-    started: bool = False
-    stop_before_start: bool = False
-
-    def stop(self, status: SyncStatus) -> None:
-        """Cancel it (or, not started yet, have it end at once); `status` says why."""
-        if self.stop_before_start or (self.task is not None and self.task.cancelling()):
-            return  # once is enough: a second cancel would cut its cleanup short
-        self.control.cancel_status = status
-        if not self.started:
-            self.stop_before_start = True
-        elif self.task is not None:
-            self.task.cancel()
 
 
 class Runner:
@@ -195,8 +107,9 @@ class Runner:
         self._runs = RunStore(pool, instance)
         self._syncs = SyncStore(pool)
         self._engine = engine
-        self._credentials = credentials
-        self._client = client
+        self.planner = Planner(
+            credentials=credentials, syncs=self._syncs, client=client, settings=settings
+        )
         self._settings = settings
         self._metrics = metrics
         self._instance = instance
@@ -211,7 +124,6 @@ class Runner:
         self._slots = asyncio.Semaphore(settings.sync.max_concurrent_total)
         self._accepting = True
         self._claiming = True
-        self.schedule_views: Callable[[], list[ScheduleView]] | None = None
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -233,150 +145,9 @@ class Runner:
         """Look for claimable work now rather than at the next poll."""
         self._wakeup.set()
 
-    async def _select_process(
-        self, request: ProcessRequest, trigger: Trigger
-    ) -> tuple[list[WorkItem], list[SkippedView]]:
-        found = await self._credentials.list(
-            environment=request.environment,
-            company_id=request.company_id,
-            credential_id=request.credential_id,
-        )
-        scheduled = trigger is Trigger.SCHEDULED
-        mode = SyncMode.FULL if request.full else SyncMode.INCREMENTAL
-        items: list[WorkItem] = []
-        skipped: list[SkippedView] = []
-        for credential in found:
-            reason = _unschedulable(credential) if scheduled else None
-            if reason is not None:
-                pass
-            elif credential.status is CredentialStatus.DISABLED and request.credential_id is None:
-                reason = "credential disabled"
-            elif credential.status is CredentialStatus.ERROR and not request.include_errored:
-                reason = f"credential in error: {credential.last_error or 'fix and enable it'}"
-            for data_type in request.data_type.expand():
-                if reason:
-                    skipped.append(skipped_view(credential, data_type, reason))
-                else:
-                    items.append(WorkItem(credential, data_type, mode, trigger))
-        return items, skipped
-
-    async def _select_retry(
-        self, request: RetryRequest, trigger: Trigger = Trigger.MANUAL
-    ) -> tuple[list[WorkItem], list[SkippedView]]:
-        since = datetime.now(UTC) - timedelta(hours=request.max_age_hours)
-        rows = await self._syncs.retry_candidates(since)
-        failures = [r for r in rows if r["status"] in ("failed", "timed_out", "interrupted")]
-        if not failures:
-            return [], []
-        by_id = {c.id: c for c in await self._credentials.list()}
-        items: list[WorkItem] = []
-        skipped: list[SkippedView] = []
-        for row in failures:
-            credential = by_id.get(row["credential_id"])
-            if credential is None:
-                continue
-            data_type = DataType(row["data_type"])
-            reason = None
-            if row["attempt"] > request.max_retries:
-                reason = (
-                    f"gave up after {row['attempt']} attempts (max retries {request.max_retries})"
-                )
-            elif request.exclude_auth_errors and row["error_category"] == ErrorCategory.AUTH:
-                reason = "authentication failure excluded (--exclude-auth-errors)"
-            else:
-                reason = _unschedulable(credential) if trigger is Trigger.SCHEDULED else None
-            if reason is None and credential.status is CredentialStatus.DISABLED:
-                reason = "credential disabled"
-            if reason:
-                skipped.append(skipped_view(credential, data_type, reason))
-                continue
-            items.append(
-                WorkItem(
-                    credential,
-                    data_type,
-                    SyncMode.INCREMENTAL,
-                    Trigger.RETRY,
-                    retry_of=row["id"],
-                    attempt=row["attempt"] + 1,
-                )
-            )
-        return items, skipped
-
-    # -- dry run -----------------------------------------------------------------------------
-
-    async def plan(
-        self,
-        action: str,
-        items: list[WorkItem],
-        skipped: list[SkippedView],
-        *,
-        estimate: bool,
-    ) -> Plan:
-        """What a run would do; reads only (ServiceTitan too, for estimates)."""
-        ids = list({item.credential.id for item in items})
-        cursors = await self._syncs.cursors(ids)
-        plan_items: list[PlanItem] = []
-        estimates: list[asyncio.Task[tuple[int | None, str | None]]] = []
-        for item in items:
-            key = (item.credential.id, item.data_type.value)
-            cursor = cursors.get(key)
-            resumes = (
-                item.mode is SyncMode.INCREMENTAL and cursor is not None and cursor["has_token"]
-            )
-            since = cursor["max_modified_on"] if resumes and cursor else None
-            plan_items.append(
-                {
-                    "credential_id": str(item.credential.id),
-                    "company_id": item.credential.company_id,
-                    "company": item.credential.company_name,
-                    "environment": item.credential.environment.value,
-                    "tenant_id": item.credential.tenant_id,
-                    "data_type": item.data_type.value,
-                    "mode": item.mode.value if resumes else SyncMode.FULL.value,
-                    "resume_from": "continuation token" if resumes else "beginning",
-                    "cursor_modified_on": iso(since),
-                    "last_success_at": iso(cursor["last_success_at"]) if cursor else None,
-                    "estimated_records": None,
-                    "estimate_error": None,
-                    "retry_of": str(item.retry_of) if item.retry_of else None,
-                    "attempt": item.attempt,
-                }
-            )
-            if estimate:
-                estimates.append(asyncio.create_task(self._estimate(item, since)))
-        if estimates:
-            for plan_item, (count, error) in zip(
-                plan_items, await asyncio.gather(*estimates), strict=True
-            ):
-                plan_item["estimated_records"] = count
-                plan_item["estimate_error"] = error
-        schedules: list[ScheduleView] = self.schedule_views() if self.schedule_views else []
-        return {
-            "dry_run": True,
-            "action": action,
-            "total_credentials": len(ids),
-            "items": plan_items,
-            "skipped": skipped,
-            "schedules": schedules,
-        }
-
-    async def _estimate(
-        self, item: WorkItem, since: datetime | None
-    ) -> tuple[int | None, str | None]:
-        try:
-            access = await self._credentials.access(
-                item.credential, self._settings.servicetitan.resolve_app_key()
-            )
-            count = await self._client.tenant(access).count_changed(item.data_type, since)
-        except StsyncError as exc:
-            return None, str(exc)
-        return count, None
-
     async def plan_for(self, request: ProcessRequest | RetryRequest) -> Plan:
         """The dry run of a process or retry request."""
-        action, (items, skipped) = await self._select(request, Trigger.MANUAL)
-        estimate = isinstance(request, ProcessRequest) and request.estimate
-        return await self.plan(action, items, skipped, estimate=estimate)
+        return await self.planner.plan_for(request)
 
     # -- execution ---------------------------------------------------------------------------
 
@@ -389,7 +160,7 @@ class Runner:
         scheduled_for: datetime | None = None,
     ) -> Run:
         """Start a run; raises `TickNotClaimed` when a scheduled tick is not this one's to run."""
-        action, (items, skipped) = await self._select(request, trigger)
+        action, (items, skipped) = await self.planner.select(request, trigger)
         return await self._start(
             action,
             trigger,
@@ -401,13 +172,6 @@ class Runner:
             schedule_name=schedule_name,
             scheduled_for=scheduled_for,
         )
-
-    async def _select(
-        self, request: ProcessRequest | RetryRequest, trigger: Trigger
-    ) -> tuple[str, tuple[list[WorkItem], list[SkippedView]]]:
-        if isinstance(request, ProcessRequest):
-            return "process", await self._select_process(request, trigger)
-        return "retry", await self._select_retry(request, trigger)
 
     async def _start(
         self,
@@ -460,7 +224,6 @@ class Runner:
             schedule_name=schedule_name,
             items=items,
             skipped=skipped,
-            max_concurrent=concurrency,
             timeout_seconds=timeout,
             started_at=started_at,
         )
@@ -519,7 +282,7 @@ class Runner:
         """A bounded queue of this run's events, ending with None after `run.finished`; whoever
         subscribes must `unsubscribe` when done (or gone), so that no queue outlives its reader."""
         queue = EventQueue(bound)
-        queue.put_nowait(self._started_event(run))
+        queue.put_nowait(started_event(run))
         run.subscribers.append(queue)
         return queue
 
@@ -527,24 +290,6 @@ class Runner:
         """Stop delivering a run's events to a queue; harmless if it was removed already."""
         with contextlib.suppress(ValueError):
             run.subscribers.remove(queue)
-
-    def _started_event(self, run: Run) -> Event:
-        return {
-            "event": EVENT_RUN_STARTED,
-            "run_id": str(run.id),
-            "action": run.action,
-            "total_credentials": run.total_credentials,
-            "syncs": [
-                {
-                    "credential_id": str(item.credential.id),
-                    "company": item.credential.company_name,
-                    "environment": item.credential.environment.value,
-                    "data_type": item.data_type.value,
-                }
-                for item in run.items
-            ],
-            "skipped": run.skipped,
-        }
 
     # -- claiming and running items -----------------------------------------------------------
 
@@ -665,7 +410,7 @@ class Runner:
             started = True
             if run is not None:
                 run.publish(
-                    self._sync_event(
+                    sync_event(
                         EVENT_SYNC_STARTED,
                         run_id,
                         credential,
@@ -676,7 +421,7 @@ class Runner:
                 )
             result = await self._engine.synchronize(
                 request,
-                progress=self._progress_publisher(run, credential, data_type),
+                progress=progress_publisher(run, credential, data_type),
                 control=local.control,
             )
         except SyncAlreadyRunning as exc:
@@ -716,48 +461,6 @@ class Runner:
                 run.changed.set()
             else:
                 await self._announce(f"done:{run_id}")
-
-    def _sync_event(
-        self,
-        kind: str,
-        run_id: uuid.UUID,
-        credential: Credential,
-        data_type: DataType,
-        **extra: Any,
-    ) -> Event:
-        return {
-            "event": kind,
-            "run_id": str(run_id),
-            "credential_id": str(credential.id),
-            "company_id": credential.company_id,
-            "company": credential.company_name,
-            "environment": credential.environment.value,
-            "data_type": data_type.value,
-            **extra,
-        }
-
-    def _progress_publisher(
-        self, run: Run | None, credential: Credential, data_type: DataType
-    ) -> Callable[[SyncProgress], None] | None:
-        if run is None:
-            return None
-
-        def publish(progress: SyncProgress) -> None:
-            run.publish(
-                self._sync_event(
-                    EVENT_SYNC_PROGRESS,
-                    run.id,
-                    credential,
-                    data_type,
-                    sync_id=str(progress.sync_id),
-                    records_processed=progress.records_processed,
-                    records_failed=progress.records_failed,
-                    pages=progress.pages,
-                    rate=round(progress.rate, 1),
-                )
-            )
-
-        return publish
 
     def _record(self, result: SyncResult | None, env: Environment, data_type: DataType) -> None:
         if result is None:
