@@ -14,7 +14,7 @@ from stsync_daemon.cli.client import (
     _error_from_answer,
     describe_connect_error,
 )
-from stsync_daemon.cli.stsyncctl import (
+from stsync_daemon.cli.exits import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from stsync_daemon.cli import stsyncctl
-from stsync_daemon.cli.stsyncctl import UsageError, build_parser, read_secret, socket_path
+from stsync_daemon.cli.parser import build_parser, command_path
+from stsync_daemon.cli.requests import UsageError, read_secret, wire
+from stsync_daemon.cli.stsyncctl import socket_path
 from stsync_daemon.control.protocol import (
     CredentialAdd,
     CredentialUpdate,
@@ -31,7 +33,9 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def prepare(*argv: str, stdin: str = "") -> Any:
     args = parse(*argv)
-    return args.prepare(args, io.StringIO(stdin))
+    build = stsyncctl.COMMANDS[command_path(args)].prepare
+    assert build is not None, argv
+    return build(args, io.StringIO(stdin))
 
 
 def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -95,6 +99,23 @@ COMMANDS = [
     ["dead-letters"],
     ["health"],
 ]
+
+
+def leaf_commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> set[tuple[str, ...]]:
+    """Every command path the parser accepts (those without subcommands of their own)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set().union(
+                *(leaf_commands(sub, (*path, name)) for name, sub in action.choices.items())
+            )
+    return {path}
+
+
+def test_every_command_the_parser_accepts_is_bound_to_a_handler_and_no_other() -> None:
+    assert leaf_commands(build_parser()) == set(stsyncctl.COMMANDS)
+    assert len(stsyncctl.COMMANDS) == len(COMMANDS) - 1  # "credentials" itself runs nothing
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -381,7 +402,7 @@ def test_update_sends_only_what_is_given(tmp_path: Path) -> None:
     )
     assert request.client_id == "cid.new"
     assert request.client_secret.get_secret_value() == "new-secret"
-    body = stsyncctl._wire(request)
+    body = wire(request)
     assert body == {"client_id": "cid.new", "client_secret": "new-secret", "clear_app_key": False}
 
 
@@ -406,7 +427,7 @@ def test_remove_yes_short_and_long() -> None:
 
 def test_the_wire_body_reveals_the_secret_only_for_the_socket() -> None:
     request = prepare(*ADD, stdin="s3cret")
-    body = stsyncctl._wire(request)
+    body = wire(request)
     assert body["client_secret"] == "s3cret"
     assert body["environment"] == "production"
     assert body["tenant_id"] == 123456789
