@@ -59,7 +59,14 @@ class OsUsers:
             if self.lend_read
             else ()
         )
-        return ("setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", *caps, "--")
+        return (
+            "setpriv",
+            f"--reuid={user.uid}",
+            f"--regid={user.gid}",
+            "--init-groups",
+            *caps,
+            "--",
+        )
 
 
 def _reachable_by_others(path: Path) -> bool:
@@ -95,9 +102,7 @@ def os_users() -> Iterator[OsUsers]:
     for tool in ("useradd", "userdel", "groupadd", "groupdel", "setpriv"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool} to create OS users and act as them")
-    lend_read = not all(
-        _reachable_by_others(p) for p in (Path(sys.executable), Path(__file__))
-    )
+    lend_read = not all(_reachable_by_others(p) for p in (Path(sys.executable), Path(__file__)))
     if lend_read and not _has_capability(_CAP_DAC_READ_SEARCH):
         pytest.skip(
             f"{sys.executable} is not readable by other users and CAP_DAC_READ_SEARCH is not "

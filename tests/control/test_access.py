@@ -196,7 +196,7 @@ def test_default_allowed_group_is_the_daemons_own() -> None:
         None,
     )
     assert AccessPolicy.configured("4321", "4322").allowed_gid == 4321
-    with pytest.raises(ConfigError, match="control.admin_group: no group named 'no-such-grp'"):
+    with pytest.raises(ConfigError, match=r"control\.admin_group: no group named 'no-such-grp'"):
         AccessPolicy.configured(None, "no-such-grp")
 
 

@@ -83,7 +83,9 @@ async def start_as_service(
     os.chown(key, svc.uid, svc.gid)
     os.chmod(key, 0o400)
     settings = daemon_settings(sandbox, dsn, key, control=control)
-    daemon = DaemonProcess(workdir, settings, command_prefix=(*(hide_proc or ()), *users.prefix(svc)))
+    daemon = DaemonProcess(
+        workdir, settings, command_prefix=(*(hide_proc or ()), *users.prefix(svc))
+    )
     return await daemon.start()
 
 
