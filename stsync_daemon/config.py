@@ -139,7 +139,10 @@ class ControlConfig(_Frozen):
 
     socket: Path | None = None
     socket_mode: Annotated[int, Field(ge=0, le=0o777)] = 0o660
+    # Who may read and run syncs (default: the daemon's own group), and who may also change
+    # credentials besides root and the daemon's user. Resolved when the daemon starts.
     allowed_group: str | None = None
+    admin_group: str | None = None
 
     def socket_path(self) -> Path:
         """The configured socket, else `$RUNTIME_DIRECTORY/control.sock`, else /run/stsync."""

@@ -21,6 +21,7 @@ RETRY_MAX_RETRIES_DEFAULT = 10
 STATUS_LIMIT_DEFAULT = 50
 STATUS_LIMIT_MAX = 100_000
 RUNS_LIMIT_DEFAULT = 20  # `stsyncctl runs` and `GET /v1/runs` without a limit
+RUNS_LIMIT_MAX = 10_000  # the server answers at most this many runs
 DEAD_LETTERS_LIMIT_MAX = 10_000
 BIGINT_MAX = 2**63 - 1
 

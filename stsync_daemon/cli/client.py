@@ -75,10 +75,10 @@ def _error_from_answer(socket_path: Path, status: int, body: bytes) -> Exception
         message = data["message"]
         code = data["code"] if isinstance(data.get("code"), str) else None
     if status == 403 or code == "forbidden":
-        detail = f": {message}" if message else ""
-        return DaemonUnreachable(
-            f"the daemon on {socket_path} refused this user (uid {os.getuid()}){detail}; {GROUP_HINT}"
-        )
+        # The daemon's message says what this user lacks (the group, or the right to change
+        # credentials) and what to do about it; a bare refusal gets the group hint.
+        refused = f"the daemon on {socket_path} refused this user (uid {os.getuid()})"
+        return DaemonUnreachable(f"{refused}: {message}" if message else f"{refused}; {GROUP_HINT}")
     if code == "unavailable" or (message is None and status == 503):
         detail = message or "service unavailable"
         return DaemonUnreachable(f"the daemon on {socket_path} cannot serve now: {detail}")

@@ -1,4 +1,4 @@
-"""The control socket's HTTP server: aiohttp on a Unix socket, peers checked with SO_PEERCRED.
+"""The control socket's HTTP server: aiohttp on a Unix socket, peers checked by `access`.
 
 Handlers translate between the protocol and the daemon's parts; they hold no state of their own.
 Errors become `{"message", "code"}` with a 4xx/5xx status and never disturb the daemon: requests
@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import logging
 import os
 import re
-import socket
-import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -32,11 +29,13 @@ from pydantic import BaseModel, ValidationError
 
 from ..enums import CredentialStatus
 from ..errors import ConflictError, NotFoundError, StsyncError
+from ..limits import RUNS_LIMIT_DEFAULT, RUNS_LIMIT_MAX
 from ..logs import log_event
 from ..store.credentials import Credential, CredentialStore, NewCredential, credential_view
 from ..store.db import DB_ERRORS, describe_db_error, is_bad_value
 from ..store.runs import RunStore
 from ..store.syncs import SyncStore
+from .access import AccessPolicy, hand_over_socket, identify, route_of
 from .protocol import (
     API_PREFIX,
     NDJSON,
@@ -134,63 +133,6 @@ class ControlProtocol(web.RequestHandler):
         super().log_exception(*args, **kwargs)
 
 
-@dataclass(frozen=True)
-class Peer:
-    """Who is on the other end of a control connection."""
-
-    pid: int
-    uid: int
-    gid: int
-
-
-def peer_of(request: web.Request) -> Peer | None:
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is None or sock.family != socket.AF_UNIX:
-        return None
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return Peer(pid, uid, gid)
-
-
-def _supplementary_groups(pid: int) -> set[int]:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Groups:"):
-                return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return set()
-
-
-class Access:
-    """Root, the daemon's own user, and members of the configured group may connect."""
-
-    def __init__(self, allowed_group: str | None) -> None:
-        self._uid = os.geteuid()
-        self._gid: int | None = None
-        if allowed_group:
-            try:
-                self._gid = grp.getgrnam(allowed_group).gr_gid
-            except KeyError:
-                if allowed_group.isdigit():
-                    self._gid = int(allowed_group)
-                else:
-                    raise StsyncError(
-                        f"control.allowed_group: no group named {allowed_group!r}"
-                    ) from None
-
-    @property
-    def gid(self) -> int | None:
-        return self._gid
-
-    def allows(self, peer: Peer) -> bool:
-        if peer.uid in (0, self._uid):
-            return True
-        if self._gid is None:
-            return False
-        return peer.gid == self._gid or self._gid in _supplementary_groups(peer.pid)
-
-
 class EventStream(Protocol):
     """A run's events for one client; `close` when the client is gone (the run goes on)."""
 
@@ -236,11 +178,12 @@ class ControlServer:
         socket_path: Path,
         socket_mode: int,
         allowed_group: str | None,
+        admin_group: str | None = None,
     ) -> None:
         self._services = services
         self._path = socket_path
         self._mode = socket_mode
-        self._access = Access(allowed_group)
+        self._access = AccessPolicy.configured(allowed_group, admin_group)
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.AbstractServer | None = None
 
@@ -289,9 +232,7 @@ class ControlServer:
             self._listener = await loop.create_unix_server(protocol, str(self._path))
         finally:
             os.umask(old_umask)
-        os.chmod(self._path, self._mode)
-        if self._access.gid is not None:
-            os.chown(self._path, -1, self._access.gid)
+        hand_over_socket(self._path, self._mode, self._access)
 
     async def stop(self) -> None:
         if self._listener is not None:
@@ -307,17 +248,11 @@ class ControlServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        peer = peer_of(request)
-        if peer is not None and not self._access.allows(peer):
-            log_event(
-                logger, logging.WARNING, "control.refused", uid=peer.uid, gid=peer.gid, pid=peer.pid
-            )
-            return error_response(
-                403,
-                "forbidden",
-                "not authorised: only root, the stsync user and members of the control group "
-                "may use this socket",
-            )
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        refusal = self._access.refusal(identify(sock), route_of(request))
+        if refusal is not None:
+            log_event(logger, logging.WARNING, "control.refused", **refusal.fields)
+            return error_response(403, "forbidden", refusal.message)
         try:
             return await handler(request)
         except web.HTTPException as exc:
@@ -435,7 +370,8 @@ class ControlServer:
 
     async def runs(self, request: web.Request) -> web.Response:
         try:
-            limit = max(1, min(int(request.query.get("limit", "20")), 10_000))
+            limit = int(request.query.get("limit", str(RUNS_LIMIT_DEFAULT)))
+            limit = max(1, min(limit, RUNS_LIMIT_MAX))
         except ValueError:
             raise web.HTTPBadRequest(reason="limit must be a number") from None
         return json_response({"runs": await self._services.runs.recent(limit)})

@@ -144,6 +144,7 @@ class Daemon:
             socket_path=settings.control.socket_path(),
             socket_mode=settings.control.socket_mode,
             allowed_group=settings.control.allowed_group,
+            admin_group=settings.control.admin_group,
         )
         await self.control.start()
         if settings.metrics.enabled:

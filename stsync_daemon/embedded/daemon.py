@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -37,9 +37,11 @@ class DaemonProcess:
         env: Mapping[str, str] | None = None,
         *,
         new_session: bool = False,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         """`settings` become the config file (None: the caller wrote it); `env` adds to ours;
-        `new_session` keeps a terminal's Ctrl-C from a child that its caller stops itself."""
+        `new_session` keeps a terminal's Ctrl-C from a child that its caller stops itself;
+        `command_prefix` runs it through a program that execs it (`setpriv` to run as a user)."""
         self.directory = directory
         self.config = directory / "stsync.toml"
         self.socket = directory / "run" / "control.sock"
@@ -47,6 +49,7 @@ class DaemonProcess:
         # Our own service manager's socket is not the child's to notify, unless a test hands it one.
         self.env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"} | dict(env or {})
         self.new_session = new_session
+        self.command_prefix = tuple(command_prefix)
         self.proc: subprocess.Popen[bytes] | None = None
         if settings is not None:
             directory.mkdir(parents=True, exist_ok=True)
@@ -140,6 +143,7 @@ class DaemonProcess:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         argv = [
+            *self.command_prefix,
             sys.executable,
             "-m",
             "stsync_daemon.cli.stsyncd",

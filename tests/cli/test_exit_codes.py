@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -67,10 +68,19 @@ def _answer(status: int, body: object) -> Exception:
 
 
 def test_forbidden_is_a_refusal_exit_3() -> None:
-    error = _answer(403, {"message": "not authorised", "code": "forbidden"})
-    assert isinstance(error, DaemonUnreachable)
-    assert "refused this user" in str(error) and "stsync group" in str(error)
-    assert exit_code_for(error) == 3
+    bare = _answer(403, b"")
+    assert isinstance(bare, DaemonUnreachable)
+    assert "refused this user" in str(bare) and "stsync group" in str(bare)
+    assert exit_code_for(bare) == 3
+
+
+def test_forbidden_says_what_the_daemon_says_and_no_wrong_hint() -> None:
+    """A member refused a credential change is in the group already: no usermod hint for them."""
+    message = "not authorised: credentials add changes the configuration, which only root may do"
+    error = _answer(403, {"message": message, "code": "forbidden"})
+    assert isinstance(error, DaemonUnreachable) and exit_code_for(error) == 3
+    assert str(error).endswith(f"refused this user (uid {os.getuid()}): {message}")
+    assert "usermod" not in str(error)
 
 
 def test_unavailable_is_exit_3_with_the_daemons_reason() -> None:
