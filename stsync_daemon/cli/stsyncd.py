@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     mig = sub.add_parser("migrate", help="apply database migrations and exit")
     mig.add_argument("--config", type=Path, help="config file")
+    mig.add_argument(
+        "--status", action="store_true", help="show applied and pending migrations; change nothing"
+    )
     check = sub.add_parser(
         "check-config", help="validate a config file and print the effective configuration"
     )
@@ -105,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure_logging(settings.logging)
         if args.command == "migrate":
-            return _run_async(_migrate(settings))
+            return _run_async(_migrate_status(settings) if args.status else _migrate(settings))
         return _run_async(_serve(settings))
     except StsyncError as exc:
         print(f"stsyncd: {exc}", file=sys.stderr)
@@ -129,18 +132,52 @@ async def _serve(settings: Settings) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
+    from ..daemon.systemd import SystemdNotifier
     from ..store.db import create_pool
-    from ..store.migrate import current_version, migrate
+    from ..store.migrate import current_version, migrate_keeping_alive
 
+    notifier = SystemdNotifier.from_environment()
     pool = await create_pool(settings.database.dsn.get_secret_value(), min_size=1, max_size=2)
     try:
         async with pool.acquire() as conn:
-            applied = await migrate(conn)
+            applied = await migrate_keeping_alive(conn, lambda: notifier.extend_timeout(30))
             version = await current_version(conn)
     finally:
         await pool.close()
     names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing to apply"
     print(f"database at version {version} ({names})")
+    return EXIT_OK
+
+
+async def _migrate_status(settings: Settings) -> int:
+    from ..store.db import create_pool
+    from ..store.migrate import status
+
+    pool = await create_pool(settings.database.dsn.get_secret_value(), min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            states = await status(conn)
+    finally:
+        await pool.close()
+    rows = [
+        (
+            f"{m.version:04d}",
+            m.name,
+            m.state,
+            m.applied_at.isoformat(timespec="seconds") if m.applied_at else "-",
+        )
+        for m in states
+    ]
+    header = ("VERSION", "NAME", "STATE", "APPLIED_AT")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    pending = sum(m.state == "pending" for m in states)
+    unknown = sum(m.state == "unknown" for m in states)
+    summary = f"{len(states) - pending - unknown} applied, {pending} pending"
+    if unknown:
+        summary += f", {unknown} unknown to this stsyncd (a newer version migrated the database)"
+    print(summary)
     return EXIT_OK
 
 

@@ -35,7 +35,7 @@ from ..servicetitan import ServiceTitanClient
 from ..store.credentials import CredentialStore
 from ..store.crypto import SecretCipher
 from ..store.db import DB_ERRORS, create_pool, describe_db_error
-from ..store.migrate import migrate
+from ..store.migrate import migrate_keeping_alive
 from ..store.sql import QUERIES
 from ..sync.engine import SyncEngine, sweep_orphans
 from .health import OK, Health
@@ -77,7 +77,8 @@ class Daemon:
             max_size=settings.database.pool_max_size,
         )
         async with self.pool.acquire() as conn:
-            applied = await migrate(conn)
+            # A long migration must not hit TimeoutStartSec: ask systemd for 30 s more every 10 s.
+            applied = await migrate_keeping_alive(conn, lambda: self.notifier.extend_timeout(30))
         if applied:
             log_event(
                 logger, logging.INFO, "database.migrated", versions=[m.version for m in applied]
