@@ -27,6 +27,7 @@ APP_KEY = "ak1.sandbox"
 def write_key(directory: Path) -> Path:
     path = directory / "secrets.key"
     path.write_text(generate_key() + "\n")
+    path.chmod(0o600)  # the daemon refuses a key file others may read
     return path
 
 

@@ -1,4 +1,4 @@
-"""`stsyncd`: run the daemon, apply migrations, check a config file, generate a secrets key."""
+"""`stsyncd`: run the daemon, apply migrations, check a config file, generate or rotate a secrets key."""
 
 from __future__ import annotations
 
@@ -46,6 +46,17 @@ def _parser() -> argparse.ArgumentParser:
     key = sub.add_parser("generate-key", help="write a new secrets key file (mode 0600)")
     key.add_argument("path", type=Path, help="where to write the key, e.g. /etc/stsync/secrets.key")
     key.add_argument("--force", action="store_true", help="overwrite an existing file")
+    rotate = sub.add_parser(
+        "rotate-key",
+        help="re-encrypt every stored secret with a new key file (then point [secrets] key_file at it)",
+    )
+    rotate.add_argument("new_key_file", type=Path, help="the new key (from `stsyncd generate-key`)")
+    rotate.add_argument("--config", type=Path, help="config file")
+    rotate.add_argument(
+        "--old-key-file",
+        type=Path,
+        help="the key the secrets are stored with now (default: [secrets] key_file)",
+    )
     return parser
 
 
@@ -109,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.logging)
         if args.command == "migrate":
             return _run_async(_migrate_status(settings) if args.status else _migrate(settings))
+        if args.command == "rotate-key":
+            return _run_async(_rotate_key(settings, args.new_key_file, args.old_key_file))
         return _run_async(_serve(settings))
     except StsyncError as exc:
         print(f"stsyncd: {exc}", file=sys.stderr)
@@ -178,6 +191,40 @@ async def _migrate_status(settings: Settings) -> int:
     if unknown:
         summary += f", {unknown} unknown to this stsyncd (a newer version migrated the database)"
     print(summary)
+    return EXIT_OK
+
+
+async def _rotate_key(settings: Settings, new_path: Path, old_path: Path | None) -> int:
+    from ..store.crypto import SecretCipher
+    from ..store.db import create_pool
+    from ..store.rotation import live_instances, rotate_secrets
+
+    old_path = old_path or settings.secrets.key_file
+    if old_path is None:
+        print(
+            "stsyncd: name the key the secrets are stored with: --old-key-file PATH "
+            "(or set [secrets] key_file)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    new, old = SecretCipher.from_file(new_path), SecretCipher.from_file(old_path)
+    pool = await create_pool(settings.database.dsn.get_secret_value(), min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            done = await rotate_secrets(conn, old, new)
+            running = await live_instances(conn, settings.cluster.lease_seconds)
+    finally:
+        await pool.close()
+    print(
+        f"re-encrypted {done.reencrypted} secrets of {done.credentials} credentials with {new_path} "
+        f"({done.already_new} already were); now point [secrets] key_file at it and restart"
+    )
+    if running:
+        print(
+            "stsyncd: warning: still running with the old key, restart them with the new one: "
+            + ", ".join(running),
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
