@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -124,7 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_async(_rotate_key(settings, args.new_key_file, args.old_key_file))
         return _run_async(_serve(settings))
     except StsyncError as exc:
-        print(f"stsyncd: {exc}", file=sys.stderr)
+        from ..logs import journal_prefix
+
+        print(f"{journal_prefix(logging.ERROR)}stsyncd: {exc}", file=sys.stderr)
         return EXIT_USAGE if type(exc).__name__ == "ConfigError" else EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED
