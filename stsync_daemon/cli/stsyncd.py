@@ -123,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_async(_migrate_status(settings) if args.status else _migrate(settings))
         if args.command == "rotate-key":
             return _run_async(_rotate_key(settings, args.new_key_file, args.old_key_file))
-        return _run_async(_serve(settings))
+        from ..daemon.lifecycle import run as run_daemon
+
+        run_daemon(settings)  # aiorun: uvloop, SIGTERM/SIGINT, the drain
+        return EXIT_OK
     except StsyncError as exc:
         from ..logs import journal_prefix
 
@@ -138,13 +141,6 @@ def _run_async(coro: Any) -> int:
 
     result: int = uvloop.run(coro)
     return result
-
-
-async def _serve(settings: Settings) -> int:
-    from ..daemon.app import serve
-
-    await serve(settings)
-    return EXIT_OK
 
 
 async def _migrate(settings: Settings) -> int:

@@ -12,7 +12,6 @@ import contextlib
 import gc
 import logging
 import os
-import signal
 import socket
 import time
 import uuid
@@ -412,36 +411,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT; a second signal skips the grace period."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals_seen = 0
-    daemon = Daemon(settings)
-    draining: asyncio.Task[None] | None = None
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        log_event(logger, logging.INFO, "daemon.signal", signal=signal.Signals(signum).name)
-        if signals_seen == 1:
-            stop.set()
-        elif draining is not None:
-            daemon.runner.interrupt_all()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
-        try:
-            await daemon.start()
-        except BaseException:
-            await daemon.stop(grace_seconds=0)
-            raise
-        await stop.wait()
-        draining = asyncio.create_task(daemon.stop())
-        await draining
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
