@@ -39,4 +39,4 @@ def test_every_dependency_is_pinned_within_its_range() -> None:
 def test_install_steps_and_the_launcher_use_it() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "pip install -c constraints.txt" in readme
-    assert "-c \"$here/constraints.txt\"" in (ROOT / "stsync").read_text()
+    assert '-c "$here/constraints.txt"' in (ROOT / "stsync").read_text()
