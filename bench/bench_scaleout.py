@@ -75,6 +75,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             await conn.close()
             key = work / "secrets.key"
             key.write_text(generate_key())
+            key.chmod(0o600)
             config = {
                 "database": {"dsn": dsn},
                 "secrets": {"key_file": str(key)},

@@ -202,6 +202,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             await conn.close()
             key = work / "secrets.key"
             key.write_text(generate_key())
+            key.chmod(0o600)
             base = sandbox.base_url
             settings_data: dict[str, Any] = dict(
                 database={"dsn": dsn},

@@ -245,6 +245,7 @@ async def prepare_database(dsn: str, work: Path) -> Path:
         await conn.close()
     key = work / "secrets.key"
     key.write_text(generate_key() + "\n")
+    key.chmod(0o600)
     return key
 
 

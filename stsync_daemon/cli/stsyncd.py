@@ -1,8 +1,9 @@
-"""`stsyncd`: run the daemon, apply migrations, check a config file, generate a secrets key."""
+"""`stsyncd`: run the daemon, apply migrations, check a config file, generate or rotate a secrets key."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -36,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     mig = sub.add_parser("migrate", help="apply database migrations and exit")
     mig.add_argument("--config", type=Path, help="config file")
+    mig.add_argument(
+        "--status", action="store_true", help="show applied and pending migrations; change nothing"
+    )
     check = sub.add_parser(
         "check-config", help="validate a config file and print the effective configuration"
     )
@@ -43,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     key = sub.add_parser("generate-key", help="write a new secrets key file (mode 0600)")
     key.add_argument("path", type=Path, help="where to write the key, e.g. /etc/stsync/secrets.key")
     key.add_argument("--force", action="store_true", help="overwrite an existing file")
+    rotate = sub.add_parser(
+        "rotate-key",
+        help="re-encrypt every stored secret with a new key file (then point [secrets] key_file at it)",
+    )
+    rotate.add_argument("new_key_file", type=Path, help="the new key (from `stsyncd generate-key`)")
+    rotate.add_argument("--config", type=Path, help="config file")
+    rotate.add_argument(
+        "--old-key-file",
+        type=Path,
+        help="the key the secrets are stored with now (default: [secrets] key_file)",
+    )
     return parser
 
 
@@ -105,10 +120,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure_logging(settings.logging)
         if args.command == "migrate":
-            return _run_async(_migrate(settings))
-        return _run_async(_serve(settings))
+            return _run_async(_migrate_status(settings) if args.status else _migrate(settings))
+        if args.command == "rotate-key":
+            return _run_async(_rotate_key(settings, args.new_key_file, args.old_key_file))
+        from ..daemon.lifecycle import run as run_daemon
+
+        run_daemon(settings)  # aiorun: uvloop, SIGTERM/SIGINT, the drain
+        return EXIT_OK
     except StsyncError as exc:
-        print(f"stsyncd: {exc}", file=sys.stderr)
+        from ..logs import journal_prefix
+
+        print(f"{journal_prefix(logging.ERROR)}stsyncd: {exc}", file=sys.stderr)
         return EXIT_USAGE if type(exc).__name__ == "ConfigError" else EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED
@@ -121,26 +143,87 @@ def _run_async(coro: Any) -> int:
     return result
 
 
-async def _serve(settings: Settings) -> int:
-    from ..daemon.app import serve
-
-    await serve(settings)
-    return EXIT_OK
-
-
 async def _migrate(settings: Settings) -> int:
+    from ..daemon.systemd import SystemdNotifier
     from ..store.db import create_pool
-    from ..store.migrate import current_version, migrate
+    from ..store.migrate import current_version, migrate_keeping_alive
 
+    notifier = SystemdNotifier.from_environment()
     pool = await create_pool(settings.database.dsn.get_secret_value(), min_size=1, max_size=2)
     try:
         async with pool.acquire() as conn:
-            applied = await migrate(conn)
+            applied = await migrate_keeping_alive(conn, lambda: notifier.extend_timeout(30))
             version = await current_version(conn)
     finally:
         await pool.close()
     names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing to apply"
     print(f"database at version {version} ({names})")
+    return EXIT_OK
+
+
+async def _migrate_status(settings: Settings) -> int:
+    from ..store.db import create_pool
+    from ..store.migrate import status
+
+    pool = await create_pool(settings.database.dsn.get_secret_value(), min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            states = await status(conn)
+    finally:
+        await pool.close()
+    rows = [
+        (
+            f"{m.version:04d}",
+            m.name,
+            m.state,
+            m.applied_at.isoformat(timespec="seconds") if m.applied_at else "-",
+        )
+        for m in states
+    ]
+    header = ("VERSION", "NAME", "STATE", "APPLIED_AT")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    pending = sum(m.state == "pending" for m in states)
+    unknown = sum(m.state == "unknown" for m in states)
+    summary = f"{len(states) - pending - unknown} applied, {pending} pending"
+    if unknown:
+        summary += f", {unknown} unknown to this stsyncd (a newer version migrated the database)"
+    print(summary)
+    return EXIT_OK
+
+
+async def _rotate_key(settings: Settings, new_path: Path, old_path: Path | None) -> int:
+    from ..store.crypto import SecretCipher
+    from ..store.db import create_pool
+    from ..store.rotation import live_instances, rotate_secrets
+
+    old_path = old_path or settings.secrets.key_file
+    if old_path is None:
+        print(
+            "stsyncd: name the key the secrets are stored with: --old-key-file PATH "
+            "(or set [secrets] key_file)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    new, old = SecretCipher.from_file(new_path), SecretCipher.from_file(old_path)
+    pool = await create_pool(settings.database.dsn.get_secret_value(), min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            done = await rotate_secrets(conn, old, new)
+            running = await live_instances(conn, settings.cluster.lease_seconds)
+    finally:
+        await pool.close()
+    print(
+        f"re-encrypted {done.reencrypted} secrets of {done.credentials} credentials with {new_path} "
+        f"({done.already_new} already were); now point [secrets] key_file at it and restart"
+    )
+    if running:
+        print(
+            "stsyncd: warning: still running with the old key, restart them with the new one: "
+            + ", ".join(running),
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

@@ -12,7 +12,6 @@ import contextlib
 import gc
 import logging
 import os
-import signal
 import socket
 import time
 import uuid
@@ -34,7 +33,7 @@ from ..servicetitan import ServiceTitanClient
 from ..store.credentials import Credential, CredentialStore
 from ..store.crypto import SecretCipher
 from ..store.db import DB_ERRORS, create_pool, describe_db_error, ping
-from ..store.migrate import migrate
+from ..store.migrate import migrate_keeping_alive
 from ..store.runs import RunStore
 from ..store.syncs import SyncStore, sweep_orphans
 from ..sync.engine import SyncEngine
@@ -82,7 +81,8 @@ class Daemon:
             max_size=settings.database.pool_max_size,
         )
         async with self.pool.acquire() as conn:
-            applied = await migrate(conn)
+            # A long migration must not hit TimeoutStartSec: ask systemd for 30 s more every 10 s.
+            applied = await migrate_keeping_alive(conn, lambda: self.notifier.extend_timeout(30))
         if applied:
             log_event(
                 logger, logging.INFO, "database.migrated", versions=[m.version for m in applied]
@@ -426,36 +426,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT; a second signal skips the grace period."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals_seen = 0
-    daemon = Daemon(settings)
-    draining: asyncio.Task[None] | None = None
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        log_event(logger, logging.INFO, "daemon.signal", signal=signal.Signals(signum).name)
-        if signals_seen == 1:
-            stop.set()
-        elif draining is not None:
-            daemon.runner.interrupt_all()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
-        try:
-            await daemon.start()
-        except BaseException:
-            await daemon.stop(grace_seconds=0)
-            raise
-        await stop.wait()
-        draining = asyncio.create_task(daemon.stop())
-        await draining
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)

@@ -32,8 +32,9 @@ def find_bindir() -> Path | None:
     """The directory of the newest `initdb`/`pg_ctl` pair on this machine, or None."""
     candidates: list[Path] = []
     env_dir = os.environ.get("STSYNC_PG_BINDIR")
-    if env_dir:
-        candidates.append(Path(env_dir))
+    if env_dir:  # an explicit choice: a wrong one must fail, not quietly use other binaries
+        directory = Path(env_dir)
+        return directory if (directory / "initdb").exists() else None
     on_path = shutil.which("pg_ctl")
     if on_path:
         candidates.append(Path(on_path).resolve().parent)
@@ -106,9 +107,12 @@ class PrivateCluster:
         """Create (once) and start the cluster; returns the superuser DSN of database `postgres`."""
         bindir = self.bindir or find_bindir()
         if bindir is None:
+            chosen = os.environ.get("STSYNC_PG_BINDIR")
             raise ConfigError(
-                "PostgreSQL server binaries not found: install Debian's 'postgresql' package "
-                "(apt-get install postgresql) or set STSYNC_PG_BINDIR"
+                f"no initdb in STSYNC_PG_BINDIR ({chosen}): point it at PostgreSQL's bin directory"
+                if chosen
+                else "PostgreSQL server binaries not found: install Debian's 'postgresql' package "
+                "(sudo apt-get install postgresql) or set STSYNC_PG_BINDIR"
             )
         self.bindir = bindir
         self.user = _unprivileged_user()

@@ -24,6 +24,7 @@ from tests.support import (
     credential_body,
     daemon_settings,
     db_truth,
+    promtool,
     tenant,
     write_key,
 )
@@ -345,9 +346,7 @@ async def test_systemd_ready_and_watchdog_and_metrics(
 
 
 async def test_metrics_pass_promtool(sandbox: Sandbox, database_dsn: str, workdir: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (Debian package prometheus)")
+    tool = promtool()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -361,7 +360,7 @@ async def test_metrics_pass_promtool(sandbox: Sandbox, database_dsn: str, workdi
             text = await r.read()
         assert b"stsync_syncs_total" in text and b'status="completed"' in text
         assert b"cs.secret" not in text
-        check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
+        check = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True)
         assert check.returncode == 0, check.stdout + check.stderr
     finally:
         await daemon.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +19,7 @@ from stsync_daemon.enums import (
 )
 from stsync_daemon.metrics import MAX_FREE_LABEL_VALUES, Metrics, status_class
 from stsync_daemon.metrics_server import start_metrics_server
+from tests.support import promtool
 
 PROD = Environment.PRODUCTION
 CUST = DataType.CUSTOMERS
@@ -111,10 +111,9 @@ def test_closed_label_sets_exist_at_zero_before_anything_happens() -> None:
     assert sample("stsync_build_info", {"version": "0.1.0"}) == 1
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_promtool_check_metrics_accepts_the_output() -> None:
     result = subprocess.run(
-        ["promtool", "check", "metrics"],
+        [promtool(), "check", "metrics"],
         input=exercised().render(),
         capture_output=True,
         timeout=60,

@@ -85,6 +85,7 @@ async def test_a_wrong_secrets_key_parks_no_credential(
         await daemon.stop()
     other = tmp_path / "other.key"
     other.write_text(generate_key())
+    other.chmod(0o600)
     daemon = await DaemonProcess(tmp_path, {**good, "secrets": {"key_file": str(other)}}).start()
     try:
         summary = await daemon.run("/v1/process", {})

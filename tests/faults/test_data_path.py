@@ -274,6 +274,7 @@ async def test_a_wrong_secrets_key_is_the_daemons_problem_not_the_tenants(
     cred = await rig.add(102)
     other = tmp_path / "other.key"
     other.write_text(generate_key())
+    other.chmod(0o600)
     wrong = SyncEngine(
         rig.pool,
         rig.client,

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from stsync_daemon.metrics import Metrics
+from tests.support import promtool
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
@@ -58,16 +56,14 @@ def test_alert_rules_use_exported_metrics() -> None:
         assert used_names(expr) <= known, expr
 
 
-@pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)"
-)
 def test_promtool_checks_and_unit_tests_pass() -> None:
+    tool = promtool()
     folder = CONFIG / "prometheus"
     check = subprocess.run(
-        ["promtool", "check", "rules", "alerts.yml"], cwd=folder, capture_output=True, text=True
+        [tool, "check", "rules", "alerts.yml"], cwd=folder, capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
     test = subprocess.run(
-        ["promtool", "test", "rules", "alerts_test.yml"], cwd=folder, capture_output=True, text=True
+        [tool, "test", "rules", "alerts_test.yml"], cwd=folder, capture_output=True, text=True
     )
     assert test.returncode == 0, test.stdout + test.stderr
