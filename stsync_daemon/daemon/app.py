@@ -80,6 +80,8 @@ class Daemon:
             min_size=settings.database.pool_min_size,
             max_size=settings.database.pool_max_size,
         )
+        self.runs = RunStore(self.pool, self.instance)
+        self.syncs = SyncStore(self.pool)
         async with self.pool.acquire() as conn:
             # A long migration must not hit TimeoutStartSec: ask systemd for 30 s more every 10 s.
             applied = await migrate_keeping_alive(conn, lambda: self.notifier.extend_timeout(30))
@@ -87,8 +89,6 @@ class Daemon:
             log_event(
                 logger, logging.INFO, "database.migrated", versions=[m.version for m in applied]
             )
-        self.runs = RunStore(self.pool, self.instance)
-        self.syncs = SyncStore(self.pool)
         await self._claim_instance_name()
         await self._heartbeat()
         cipher = (
@@ -402,7 +402,7 @@ class Daemon:
         if self._listener is not None:
             with contextlib.suppress(*DB_ERRORS):
                 await self._listener.close()
-        if hasattr(self, "pool"):
+        if hasattr(self, "runs"):
             with contextlib.suppress(*DB_ERRORS):
                 await self.runs.stopped()
         if self._metrics_runner is not None:

@@ -50,8 +50,12 @@ class Lifecycle:
             ok = True
         except Exception as exc:
             self.failure = exc
-            await self.daemon.stop(grace_seconds=0)
-            loop.stop()
+            try:
+                await self.daemon.stop(grace_seconds=0)
+            except Exception as cleanup:  # the start-up failure is the one to report
+                log_event(logger, logging.ERROR, "daemon.stop_failed", error=repr(cleanup))
+            finally:
+                loop.stop()
         finally:
             started.set_result(ok)
 
