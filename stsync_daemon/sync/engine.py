@@ -711,11 +711,14 @@ class SyncEngine:
     async def _merge(
         self, conn: asyncpg.Connection, request: SyncRequest, batch: Batch, rows: Iterable[Row]
     ) -> None:
-        shape = batch.shape
         credential = request.credential
-        await conn.copy_records_to_table(shape.stage_table, records=rows, columns=shape.columns)
-        await record_tables.merge(
-            conn, shape.table, credential.environment.value, credential.tenant_id
+        await record_tables.stage_and_merge(
+            conn,
+            batch.shape.table,
+            rows,
+            batch.shape.columns,
+            credential.environment.value,
+            credential.tenant_id,
         )
 
     async def _write_isolating(
@@ -813,13 +816,13 @@ class SyncEngine:
         self, conn: asyncpg.Connection, request: SyncRequest, batch: Batch
     ) -> None:
         """One binary COPY of the batch into the record table itself: the cheapest write there is."""
-        environment = request.credential.environment.value
-        tenant_id = request.credential.tenant_id
-        await conn.copy_records_to_table(
+        await record_tables.copy_direct(
+            conn,
             batch.shape.table,
-            schema_name="servicetitan",
-            records=[(environment, tenant_id, *row) for row in batch.rows.values()],
-            columns=("environment", "tenant_id", *batch.shape.columns),
+            batch.rows.values(),
+            batch.shape.columns,
+            request.credential.environment.value,
+            request.credential.tenant_id,
         )
 
     def _progress_event(

@@ -201,7 +201,6 @@ class Shape:
     data_type: DataType
     convert: Callable[[dict[str, Any]], Row]
     columns: tuple[str, ...]
-    stage_table: str
     table: str  # in the `servicetitan` schema; also names its stage and merge in store/records.py
 
     @property
@@ -214,14 +213,12 @@ SHAPES: dict[DataType, Shape] = {
         DataType.CUSTOMERS,
         customer_row,
         CUSTOMER_COLUMNS,
-        "stsync_stage_customers",
         "customers",
     ),
     DataType.INVOICES: Shape(
         DataType.INVOICES,
         invoice_row,
         INVOICE_COLUMNS,
-        "stsync_stage_invoices",
         "invoices",
     ),
 }
