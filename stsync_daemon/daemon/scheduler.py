@@ -17,11 +17,10 @@ from apscheduler.events import (
 )
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING, STATE_STOPPED
-from apscheduler.triggers.cron import CronTrigger
 
 from ..config import ScheduleConfig
 from ..control.protocol import ScheduleView
-from ..cron import build_trigger, nominal_fire_time
+from ..cron import CrontabTrigger, build_trigger, nominal_fire_time
 from ..logs import log_event
 from ..metrics import Metrics
 
@@ -43,7 +42,7 @@ class TickSkipped(Exception):
 @dataclass
 class _State:
     config: ScheduleConfig
-    trigger: CronTrigger
+    trigger: CrontabTrigger
     last_fire_at: datetime | None = None
     last_run_id: str | None = None
     running: bool = False
