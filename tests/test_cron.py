@@ -8,7 +8,9 @@ so the two day fields are then ANDed, as cron and cronie do.
 from __future__ import annotations
 
 import random
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -213,3 +215,21 @@ def test_nominal_fire_time_is_the_tick_just_passed_whichever_day_field_matched()
     # The clock jumped over 02:30 in New York: the tick is the moment it jumped.
     jumped = build_trigger("30 2 * * *", "America/New_York")
     assert nominal_fire_time(jumped, utc(2025, 3, 9, 7, 0, 2), lookback) == utc(2025, 3, 9, 7)
+
+
+def test_readme_and_example_config_say_what_the_trigger_does() -> None:
+    root = Path(__file__).resolve().parent.parent
+    for path in (root / "README.md", root / "config" / "stsync.example.toml"):
+        text = " ".join(re.sub(r"(?m)^#", "", path.read_text()).split())
+        assert "0 or 7 = Sunday" in text or "0 or 7 is Sunday" in text, path
+        assert "`*/2` is Sunday, Tuesday, Thursday, Saturday" in text or (
+            "`*/2` means Sunday, Tuesday, Thursday, Saturday" in text
+        ), path
+        assert "neither starts with `*`" in text and "0 0 1 * mon" in text, path
+    # ... and the trigger does what they say.
+    assert {t.strftime("%a") for t in fire_times("0 0 * * */2", utc(2025, 1, 1), 8)} == {
+        "Sun",
+        "Tue",
+        "Thu",
+        "Sat",
+    }
