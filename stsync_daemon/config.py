@@ -219,10 +219,14 @@ class LoggingConfig(_Frozen):
     format: Literal["auto", "json", "text"] = "auto"
 
 
+# What a schedule's name may be; error messages name a schedule by it (`schedules.hourly.cron`).
+_SCHEDULE_NAME = r"[A-Za-z0-9_.-]{1,100}"
+
+
 class ScheduleConfig(_Frozen):
     """One `[[schedules]]` entry: a cron trigger and what it runs."""
 
-    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=rf"^{_SCHEDULE_NAME}$")]
     cron: str
     timezone: str = "UTC"
     action: Literal["process", "retry", "report"] = "process"
@@ -366,7 +370,7 @@ def _key_part(loc: tuple[int | str, ...], index: int, data: dict[str, Any]) -> s
         if isinstance(schedules, list) and 0 <= part < len(schedules):
             entry = schedules[part]
             name = entry.get("name") if isinstance(entry, dict) else None
-            if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name):
+            if isinstance(name, str) and re.fullmatch(_SCHEDULE_NAME, name):
                 return name
     return str(part)
 
