@@ -178,7 +178,8 @@ class CrontabTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler is untyp
                 return candidate
             # The clock jumped over this wall time: fire when it jumped, once.
             jump = _gap_end(before, after, self._zone)
-            if previous_fire_time is None or jump > previous_fire_time:
+            # Instants, not wall times: aware times in one zone compare by wall clock.
+            if previous_fire_time is None or jump.timestamp() > previous_fire_time.timestamp():
                 return jump
             candidate = self._inner.get_next_fire_time(jump, jump + _TICK)
         return None
