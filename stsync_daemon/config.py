@@ -9,16 +9,20 @@ import os
 import re
 import socket
 import tomllib
+import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     SecretStr,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -33,6 +37,7 @@ from .limits import (
     RETRY_MAX_AGE_HOURS_MAX,
     RETRY_MAX_RETRIES_DEFAULT,
     SYNC_TIMEOUT_DEFAULT,
+    CompanyId,
     Concurrency,
     Seconds,
 )
@@ -46,6 +51,25 @@ PRODUCTION_AUTH_URL = "https://auth.servicetitan.io"
 PRODUCTION_API_URL = "https://api.servicetitan.io"
 INTEGRATION_AUTH_URL = "https://auth-integration.servicetitan.io"
 INTEGRATION_API_URL = "https://api-integration.servicetitan.io"
+
+
+def _octal(value: object) -> object:
+    """A mode written as text is octal, as for chmod: "0660" (an environment value is always text)."""
+    if isinstance(value, str):
+        digits = value.strip().lower().removeprefix("0o")
+        if not digits or any(c not in "01234567" for c in digits):
+            raise ValueError(f"{value!r} is not an octal file mode such as 0660")
+        return int(digits, 8)
+    return value
+
+
+# A permission mode: octal text or a TOML integer (0o660) in, "0660" out in check-config.
+FileMode = Annotated[
+    int,
+    BeforeValidator(_octal),
+    Field(ge=0, le=0o777),
+    PlainSerializer(lambda mode: f"{mode:04o}", return_type=str, when_used="json"),
+]
 
 
 class _Frozen(BaseModel):
@@ -138,7 +162,7 @@ class ControlConfig(_Frozen):
     """The local control channel served to stsyncctl."""
 
     socket: Path | None = None
-    socket_mode: Annotated[int, Field(ge=0, le=0o777)] = 0o660
+    socket_mode: FileMode = 0o660
     # Who may read and run syncs (default: the daemon's own group), and who may also change
     # credentials besides root and the daemon's user. Resolved when the daemon starts.
     allowed_group: str | None = None
@@ -199,16 +223,20 @@ class LoggingConfig(_Frozen):
     format: Literal["auto", "json", "text"] = "auto"
 
 
+# What a schedule's name may be; error messages name a schedule by it (`schedules.hourly.cron`).
+_SCHEDULE_NAME = r"[A-Za-z0-9_.-]{1,100}"
+
+
 class ScheduleConfig(_Frozen):
     """One `[[schedules]]` entry: a cron trigger and what it runs."""
 
-    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=rf"^{_SCHEDULE_NAME}$")]
     cron: str
     timezone: str = "UTC"
     action: Literal["process", "retry", "report"] = "process"
     environment: Environment | None = None
-    company_id: str | None = None
-    credential_id: str | None = None
+    company_id: CompanyId | None = None
+    credential_id: uuid.UUID | None = None
     data_type: DataTypeFilter = DataTypeFilter.BOTH
     max_concurrent: Concurrency | None = None
     timeout_seconds: Seconds | None = None
@@ -254,18 +282,29 @@ class ScheduleConfig(_Frozen):
             ) from None
         return value
 
-    @model_validator(mode="after")
-    def _valid_cron(self) -> ScheduleConfig:
-        from .cron import build_trigger
+    @field_validator("credential_id", mode="wrap")
+    @classmethod
+    def _credential_uuid(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(
+                f"{value!r} is not a credential id: use the UUID that `stsyncctl credentials list` shows"
+            ) from None
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from .cron import parse
 
         try:
-            build_trigger(self.cron, self.timezone)
+            parse(value)
         except ValueError as exc:
             raise ValueError(
-                f"cron {self.cron!r} is not a valid crontab expression "
+                f"{value!r} is not a valid crontab expression "
                 f"(5 fields: minute hour day month weekday, e.g. '0 * * * *'): {exc}"
             ) from None
-        return self
+        return value
 
 
 class Settings(BaseSettings):
@@ -339,15 +378,28 @@ def default_config_path() -> Path:
     return Path(os.environ.get("STSYNC_CONFIG") or DEFAULT_CONFIG_PATH)
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, data: dict[str, Any]) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
+    key = ".".join(_key_part(first["loc"], i, data) for i in range(len(first["loc"])))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key (check its spelling and section)"
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
     # A check across sections names its keys itself.
     return f"{key}: {message}{more}" if key else f"{message}{more}"
+
+
+def _key_part(loc: tuple[int | str, ...], index: int, data: dict[str, Any]) -> str:
+    """`schedules.hourly`, not `schedules.0`: an operator knows a schedule by its name."""
+    part = loc[index]
+    if index == 1 and loc[0] == "schedules" and isinstance(part, int):
+        schedules = data.get("schedules")
+        if isinstance(schedules, list) and 0 <= part < len(schedules):
+            entry = schedules[part]
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if isinstance(name, str) and re.fullmatch(_SCHEDULE_NAME, name):
+                return name
+    return str(part)
 
 
 def load_settings(path: Path | None, *, required: bool = True) -> Settings:
@@ -369,4 +421,4 @@ def load_settings(path: Path | None, *, required: bool = True) -> Settings:
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {_describe(exc)}") from None
+        raise ConfigError(f"invalid configuration: {_describe(exc, data)}") from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 MAX_CONCURRENT_MIN = 1
 MAX_CONCURRENT_MAX = 1000
@@ -28,3 +28,19 @@ BIGINT_MAX = 2**63 - 1
 # The validated types, for pydantic models (config and protocol alike).
 Concurrency = Annotated[int, Field(ge=MAX_CONCURRENT_MIN, le=MAX_CONCURRENT_MAX)]
 Seconds = Annotated[float, Field(gt=0)]
+
+
+def _storable(value: str) -> str:
+    """PostgreSQL text holds neither NUL nor lone surrogates: refuse them here, not as a 503."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+# Text that reaches PostgreSQL (stored, or compared in a filter).
+Text = Annotated[str, AfterValidator(_storable)]
+CompanyId = Annotated[str, Field(max_length=200), AfterValidator(_storable)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from .enums import DataType, DataTypeFilter, Environment
 from .limits import (
@@ -17,25 +17,11 @@ from .limits import (
     RETRY_MAX_RETRIES_DEFAULT,
     STATUS_LIMIT_DEFAULT,
     STATUS_LIMIT_MAX,
+    CompanyId,
     Concurrency,
     Seconds,
+    Text,
 )
-
-
-def _storable(value: str) -> str:
-    """PostgreSQL text holds neither NUL nor lone surrogates: refuse them here, not as a 503."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text") from None
-    return value
-
-
-# Text that reaches PostgreSQL (stored, or compared in a filter).
-Text = Annotated[str, AfterValidator(_storable)]
-CompanyId = Annotated[str, Field(max_length=200), AfterValidator(_storable)]
 
 
 class _Request(BaseModel):

@@ -38,6 +38,36 @@ def test_check_config_prints_the_effective_configuration_with_secrets_masked(
     assert "hunter2" not in out.stdout and "super-secret" not in out.stdout
     assert "max_concurrent = 7" in out.stdout
     assert "[[schedules]]" in out.stdout and 'cron = "0 * * * *"' in out.stdout
+    # Modes read as chmod writes them.
+    assert 'socket_mode = "0660"' in out.stdout
+
+
+def test_file_modes_are_octal_in_and_out(tmp_path: Path) -> None:
+    config = tmp_path / "stsync.toml"
+    config.write_text("[control]\nsocket_mode = 0o640\n")
+    out = stsyncd("check-config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert 'socket_mode = "0640"' in out.stdout
+    # Environment values are text: "0600" is octal, as for chmod, never decimal 600.
+    out = stsyncd("check-config", str(config), env={"STSYNC_CONTROL__SOCKET_MODE": "0600"})
+    assert out.returncode == 0, out.stderr
+    assert 'socket_mode = "0600"' in out.stdout
+    # What check-config prints loads back to the same mode.
+    config.write_text('[control]\nsocket_mode = "0640"\n')
+    out = stsyncd("check-config", str(config))
+    assert out.returncode == 0 and 'socket_mode = "0640"' in out.stdout, out.stderr
+
+
+def test_check_config_accepts_a_credential_uuid_and_cron_day_rules(tmp_path: Path) -> None:
+    config = tmp_path / "stsync.toml"
+    config.write_text(
+        '[[schedules]]\nname = "first-or-monday"\ncron = "0 0 1 * mon"\n'
+        'credential_id = "0b0c8f4e-6a39-4b8a-9d8e-1f2a3b4c5d6e"\n'
+        '[[schedules]]\nname = "weekends"\ncron = "30 6 * * 0,6"\ntimezone = "Europe/Berlin"\n'
+    )
+    out = stsyncd("check-config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert 'credential_id = "0b0c8f4e-6a39-4b8a-9d8e-1f2a3b4c5d6e"' in out.stdout
 
 
 def test_bad_configuration_is_one_line_naming_the_key(tmp_path: Path) -> None:
@@ -45,7 +75,24 @@ def test_bad_configuration_is_one_line_naming_the_key(tmp_path: Path) -> None:
     cases = {
         "[sync]\nmax_concurent = 3\n": "sync.max_concurent",
         "[sync]\nmax_concurrent = 0\n": "sync.max_concurrent",
-        '[[schedules]]\nname = "x"\ncron = "61 * * * *"\n': "schedules.0",
+        # A schedule is named by its name, and checked as each tick will use it.
+        '[[schedules]]\nname = "x"\ncron = "61 * * * *"\n': "schedules.x.cron: '61 * * * *' is "
+        "not a valid crontab expression",
+        '[[schedules]]\nname = "hourly"\ncron = "0 * * * *"\ncredential_id = "7"\n': (
+            "schedules.hourly.credential_id: '7' is not a credential id"
+        ),
+        '[[schedules]]\nname = "a"\ncron = "0 * * * *"\n[[schedules]]\nname = "nightly"\n'
+        'cron = "0 3 * * *"\ntimezone = "Mars/Base"\n': "schedules.nightly.timezone: unknown time zone",
+        '[[schedules]]\nname = "w"\ncron = "0 0 * * 8"\n': "schedules.w.cron",
+        '[[schedules]]\nname = "big"\ncron = "0 * * * *"\ncompany_id = "' + "9" * 201 + '"\n': (
+            "schedules.big.company_id"
+        ),
+        '[[schedules]]\nname = "r"\ncron = "0 * * * *"\nmax_concurrent = 0\n': (
+            "schedules.r.max_concurrent"
+        ),
+        # An invalid name cannot name its entry: the position does.
+        '[[schedules]]\nname = "a b"\ncron = "0 * * * *"\n': "schedules.0.name",
+        '[control]\nsocket_mode = "0900"\n': "control.socket_mode: '0900' is not an octal file mode",
         "[sync\n": "not valid TOML",
         # Each sync holds a pooled connection: the pool must fit the cap plus housekeeping.
         "[database]\npool_max_size = 2\n": "database.pool_max_size (2) is too small for "

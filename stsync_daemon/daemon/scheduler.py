@@ -17,10 +17,9 @@ from apscheduler.events import (
 )
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING, STATE_STOPPED
-from apscheduler.triggers.cron import CronTrigger
 
 from ..config import ScheduleConfig
-from ..cron import build_trigger, nominal_fire_time
+from ..cron import CrontabTrigger, build_trigger, nominal_fire_time
 from ..logs import log_event
 from ..metrics import Metrics
 from ..views import ScheduleView
@@ -43,7 +42,7 @@ class TickSkipped(Exception):
 @dataclass
 class _State:
     config: ScheduleConfig
-    trigger: CronTrigger
+    trigger: CrontabTrigger
     last_fire_at: datetime | None = None
     last_run_id: str | None = None
     running: bool = False
