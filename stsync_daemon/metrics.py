@@ -29,7 +29,7 @@ RECORD_OUTCOMES = ("successful", "failed")
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "429", "error")
 RATE_LIMIT_REASONS = ("proactive", "429")
 TOKEN_OUTCOMES = ("ok", "error")
-SKIP_REASONS = ("still_running", "claimed_elsewhere")
+SKIP_REASONS = ("still_running", "claimed_elsewhere", "paused")
 RUN_ACTIONS = ("process", "retry", "report")
 RUN_STATUSES = ("completed", "failed", "cancelled")
 FINISHED_SYNC_STATUSES = tuple(s for s in SyncStatus if s is not SyncStatus.RUNNING)
@@ -326,7 +326,7 @@ class Metrics:
         self.schedule_last_fire_timestamp.labels(schedule).set(_timestamp(at))
 
     def schedule_skipped(self, schedule: str, reason: str) -> None:
-        """A tick was skipped: `still_running` or `claimed_elsewhere`."""
+        """A tick was skipped: `still_running`, `claimed_elsewhere` or `paused`."""
         if reason not in SKIP_REASONS:
             raise ValueError(f"unknown skip reason {reason!r}")
         self.schedule_skips.labels(schedule, reason).inc()

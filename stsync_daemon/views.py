@@ -114,6 +114,8 @@ class ScheduleView(TypedDict):
     timezone: str
     action: str
     enabled: bool
+    paused: bool  # by an operator (`stsyncctl schedules pause`), for every instance
+    paused_at: str | None
     filters: dict[str, object]
     next_fire_at: str | None
     last_fire_at: str | None

@@ -359,6 +359,23 @@ async def schedules(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def schedule_pause(ctx: Context, args: argparse.Namespace) -> int:
+    """`schedules pause NAME` and `schedules resume NAME`."""
+    async with ctx.client() as client:
+        answer = await client.request(
+            "POST", f"/schedules/{quote(args.name, safe='')}/{args.action}"
+        )
+    if ctx.json_output:
+        ctx.emit_json(answer)
+        return EXIT_OK
+    view = cast(ScheduleView, answer)
+    if view["paused"]:
+        ctx.out(f"Paused {view['name']} (since {view['paused_at']}): its ticks are skipped")
+    else:
+        ctx.out(f"Resumed {view['name']}: next fire at {view['next_fire_at'] or 'never'}")
+    return EXIT_OK
+
+
 async def runs(ctx: Context, args: argparse.Namespace) -> int:
     """`runs`: the newest first."""
     async with ctx.client() as client:

@@ -434,13 +434,30 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("credential_id", metavar=CREDENTIAL_ID, type=_uuid)
 
     # schedules, runs, cancel, report, health --------------------------------------------------
-    _command(
+    schedules = _command(
         commands,
         "schedules",
-        "show the schedules with their last and next fire times",
-        "Each configured schedule: cron, timezone, action, filters, last and next fire time.",
-        "  stsyncctl schedules",
+        "show the schedules; pause or resume one",
+        "Each configured schedule: cron, timezone, action, filters, last and next fire time, and "
+        "whether an operator paused it. A paused schedule's ticks are skipped by every instance "
+        "until it is resumed (kept in the database: restarts do not resume it).",
+        "  stsyncctl schedules\n  stsyncctl schedules pause hourly\n  stsyncctl schedules resume hourly",
     )
+    schedule_actions = schedules.add_subparsers(dest="action", metavar="ACTION", required=False)
+    for verb, text in (
+        ("pause", "skip the schedule's ticks on every instance until resumed"),
+        ("resume", "let a paused schedule fire again at its next tick"),
+    ):
+        action = _command(
+            schedule_actions,
+            verb,
+            text,
+            text[0].upper() + text[1:] + ".",
+            f"  stsyncctl schedules {verb} hourly",
+        )
+        action.add_argument(
+            "name", metavar="NAME", help="the schedule's name (see: stsyncctl schedules)"
+        )
 
     runs = _command(
         commands,

@@ -535,7 +535,7 @@ def schedules_table(schedules: Sequence[ScheduleView], width: int) -> str:
             item["cron"],
             item["timezone"],
             item["action"],
-            "yes" if item["enabled"] else "no",
+            "paused" if item.get("paused") else ("yes" if item["enabled"] else "no"),
             _filters_cell(item.get("filters") or {}),
             when(item.get("last_fire_at"), empty="never"),
             when(item.get("next_fire_at")),

@@ -51,6 +51,8 @@ COMMANDS: Mapping[tuple[str, ...], Command] = {
     ("credentials", "remove"): Command(handlers.credentials_remove),
     ("credentials", "test"): Command(handlers.credentials_test),
     ("schedules",): Command(handlers.schedules),
+    ("schedules", "pause"): Command(handlers.schedule_pause),
+    ("schedules", "resume"): Command(handlers.schedule_pause),
     ("runs",): Command(handlers.runs),
     ("cancel",): Command(handlers.cancel),
     ("report",): Command(handlers.report),

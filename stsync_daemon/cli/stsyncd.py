@@ -125,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_async(_rotate_key(settings, args.new_key_file, args.old_key_file))
         from ..daemon.lifecycle import run as run_daemon
 
-        run_daemon(settings)  # aiorun: uvloop, SIGTERM/SIGINT, the drain
+        # aiorun: uvloop, SIGTERM/SIGINT, the drain; SIGHUP reads the file again.
+        run_daemon(settings, reload=lambda: _settings(args.config))
         return EXIT_OK
     except StsyncError as exc:
         from ..logs import journal_prefix

@@ -74,6 +74,8 @@ ROUTES: Mapping[tuple[str, str], Route] = {
     ("POST", f"{_P}/retry"): Route(Level.OPERATE, "retry"),
     ("POST", f"{_P}/cancel/{{target}}"): Route(Level.OPERATE, "cancel"),
     ("POST", f"{_P}/credentials/{{id}}/test"): Route(Level.OPERATE, "credentials test"),
+    ("POST", f"{_P}/schedules/{{name}}/pause"): Route(Level.OPERATE, "schedules pause"),
+    ("POST", f"{_P}/schedules/{{name}}/resume"): Route(Level.OPERATE, "schedules resume"),
     ("POST", f"{_P}/credentials"): Route(Level.ADMINISTER, "credentials add"),
     ("PATCH", f"{_P}/credentials/{{id}}"): Route(Level.ADMINISTER, "credentials update"),
     ("DELETE", f"{_P}/credentials/{{id}}"): Route(Level.ADMINISTER, "credentials remove"),
@@ -187,7 +189,7 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
-def _user_name(uid: int) -> str:
+def user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -232,14 +234,14 @@ class AccessPolicy:
         group = _group_name(self.allowed_gid)
         if level is None:
             return Refusal(
-                f"not authorised: only root, user {_user_name(self.service_uid)} and members of "
+                f"not authorised: only root, user {user_name(self.service_uid)} and members of "
                 f"group {group} (control.allowed_group) may use this socket; is your user in the "
                 f"{group} group? (id -nG; sudo usermod -aG {group} $USER, then log in again)",
                 fields,
             )
         if _RANK[level] >= _RANK[route.level]:
             return None
-        service = _user_name(self.service_uid)
+        service = user_name(self.service_uid)
         if self.admin_gid is None:
             admins = f"root and user {service} may do (control.admin_group can name a group too)"
         else:

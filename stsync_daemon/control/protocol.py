@@ -12,7 +12,8 @@ Endpoints (answers are the TypedDicts below):
   dry_run is set
 - GET /v1/runs?limit=N -> {"runs": [RunView]}
 - POST /v1/cancel/{run_or_sync_id} -> {"cancelled", "id"}
-- GET /v1/schedules -> {"schedules": [ScheduleView]}; GET /v1/report?hours=24 -> the report
+- GET /v1/schedules -> {"schedules": [ScheduleView]}; POST /v1/schedules/{name}/pause|resume ->
+  ScheduleView (paused for every instance, persisted); GET /v1/report?hours=24 -> the report
 - GET|POST /v1/credentials, GET|PATCH|DELETE /v1/credentials/{id},
   POST /v1/credentials/{id}/enable|disable|test -> CredentialView (test: {"ok", "message", ...})
 - GET /v1/dead-letters?credential_id=&company_id=&environment=&data_type=&include_resolved=&limit=

@@ -35,7 +35,7 @@ from ..store.credentials import Credential, CredentialStore, NewCredential, cred
 from ..store.db import DB_ERRORS, describe_db_error, is_bad_value
 from ..store.runs import RunStore
 from ..store.syncs import SyncStore
-from .access import AccessPolicy, hand_over_socket, identify, route_of
+from .access import AccessPolicy, hand_over_socket, identify, route_of, user_name
 from .protocol import (
     API_PREFIX,
     NDJSON,
@@ -162,6 +162,9 @@ class ControlServices:
     lease_seconds: float  # how long an instance's heartbeat counts as alive
     health: Callable[[], Awaitable[Health]]
     schedules: Callable[[], Awaitable[list[ScheduleView]]]
+    # Pause (by whom) or resume a schedule for every instance; NotFoundError for an unknown name.
+    pause_schedule: Callable[[str, str | None], Awaitable[ScheduleView]]
+    resume_schedule: Callable[[str], Awaitable[ScheduleView]]
     # After a credential was added, changed or removed (True): metrics follow.
     credential_changed: Callable[[uuid.UUID, bool], Awaitable[None]]
     # Asks ServiceTitan whether a credential works; raises StsyncError saying why not.
@@ -203,6 +206,8 @@ class ControlServer:
             web.get(f"{API_PREFIX}/instances", self.instances),
             web.post(f"{API_PREFIX}/cancel/{{target}}", self.cancel),
             web.get(f"{API_PREFIX}/schedules", self.schedules),
+            web.post(f"{API_PREFIX}/schedules/{{name}}/pause", self.schedule_pause),
+            web.post(f"{API_PREFIX}/schedules/{{name}}/resume", self.schedule_resume),
             web.get(f"{API_PREFIX}/report", self.report),
             web.get(f"{API_PREFIX}/credentials", self.credentials_list),
             web.post(f"{API_PREFIX}/credentials", self.credentials_add),
@@ -384,6 +389,16 @@ class ControlServer:
 
     async def schedules(self, request: web.Request) -> web.Response:
         return json_response({"schedules": await self._services.schedules()})
+
+    async def schedule_pause(self, request: web.Request) -> web.Response:
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        peer = identify(sock)
+        by = user_name(peer.uid) if peer is not None else None
+        view = await self._services.pause_schedule(request.match_info["name"], by)
+        return json_response(view)
+
+    async def schedule_resume(self, request: web.Request) -> web.Response:
+        return json_response(await self._services.resume_schedule(request.match_info["name"]))
 
     async def report(self, request: web.Request) -> web.Response:
         try:

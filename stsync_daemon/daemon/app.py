@@ -25,7 +25,7 @@ from .. import __version__
 from ..config import ScheduleConfig, Settings
 from ..control.server import ControlServer, ControlServices
 from ..enums import DataType, Trigger
-from ..errors import StsyncError
+from ..errors import NotFoundError, StsyncError
 from ..logs import log_event
 from ..metrics import Metrics
 from ..metrics_server import start_metrics_server
@@ -43,7 +43,7 @@ from .health import OK, Health
 from .report import log_report
 from .runner import Runner
 from .runs import TickNotClaimed
-from .scheduler import Scheduler
+from .scheduler import Scheduler, TickSkipped
 from .systemd import SystemdNotifier, watchdog_interval, watchdog_loop
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class Daemon:
             self.metrics,
             misfire_grace_seconds=settings.scheduler.misfire_grace_seconds,
         )
-        self.runner.planner.schedule_views = self.scheduler.views
+        self.runner.planner.schedule_views = self.schedule_views
         self.control = ControlServer(
             services=ControlServices(
                 runner=self.runner,
@@ -138,6 +138,8 @@ class Daemon:
                 lease_seconds=settings.cluster.lease_seconds,
                 health=self.health_document,
                 schedules=self.schedule_views,
+                pause_schedule=self.pause_schedule,
+                resume_schedule=self.resume_schedule,
                 credential_changed=self._credential_changed,
                 check_credential=self._check_credential,
             ),
@@ -240,10 +242,62 @@ class Daemon:
         self.metrics.open_dead_letters(await self.syncs.open_dead_letters_by_kind())
 
     async def schedule_views(self) -> list[ScheduleView]:
-        return self.scheduler.views(await self.runs.last_of_schedules())
+        return self.scheduler.views(
+            await self.runs.last_of_schedules(), await self.runs.paused_schedules()
+        )
+
+    async def pause_schedule(self, name: str, by: str | None) -> ScheduleView:
+        """Skip the schedule's ticks on every instance until it is resumed."""
+        self._known_schedule(name)
+        await self.runs.pause_schedule(name, by)
+        log_event(logger, logging.INFO, "schedule.paused", schedule=name, by=by)
+        return await self._schedule_view(name)
+
+    async def resume_schedule(self, name: str) -> ScheduleView:
+        self._known_schedule(name)
+        if await self.runs.resume_schedule(name):
+            log_event(logger, logging.INFO, "schedule.resumed", schedule=name)
+        return await self._schedule_view(name)
+
+    def _known_schedule(self, name: str) -> None:
+        if not self.scheduler.knows(name):
+            raise NotFoundError(f"no schedule named {name!r} (`stsyncctl schedules` lists them)")
+
+    async def _schedule_view(self, name: str) -> ScheduleView:
+        return next(v for v in await self.schedule_views() if v["name"] == name)
+
+    async def reload(self, settings: Settings) -> None:
+        """SIGHUP: take the new schedules now; other settings need a restart (logged, not applied).
+        Runs in flight are not touched."""
+        changes = self.scheduler.reload(settings.schedules)
+        restart = sorted(
+            section
+            for section in type(settings).model_fields
+            if section != "schedules"
+            and getattr(settings, section) != getattr(self.settings, section)
+        )
+        self.settings = self.settings.model_copy(update={"schedules": settings.schedules})
+        log_event(
+            logger,
+            logging.WARNING if restart else logging.INFO,
+            "daemon.reloaded",
+            schedules=len(settings.schedules),
+            restart_needed=restart or None,
+            **changes,
+        )
 
     async def _fire(self, schedule: ScheduleConfig, scheduled_for: datetime) -> str:
         """A tick: claim it, run it to the end, return the run id (None: claimed elsewhere)."""
+        if await self.runs.schedule_paused(schedule.name):
+            log_event(
+                logger,
+                logging.INFO,
+                "schedule.skipped",
+                schedule=schedule.name,
+                scheduled_for=scheduled_for,
+                reason="paused by an operator (stsyncctl schedules resume NAME)",
+            )
+            raise TickSkipped("paused")
         log_event(
             logger,
             logging.INFO,

@@ -16,12 +16,13 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiorun
 
 from ..config import Settings
+from ..errors import StsyncError
 from ..logs import log_event
 from .app import Daemon
 
@@ -34,8 +35,10 @@ _LEFTOVER_SECONDS = 10.0
 class Lifecycle:
     """Starts the daemon once, drains it once, and remembers why start-up failed."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
         self.daemon = Daemon(settings)
+        self._reload = reload
+        self._reloading: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
         self._started: asyncio.Future[bool] | None = None
         self._drain: asyncio.Future[None] | None = None
@@ -45,6 +48,9 @@ class Lifecycle:
         loop = asyncio.get_running_loop()
         started = self._started = loop.create_future()
         ok = False
+        if self._reload is not None:
+            # From the first instant: SIGHUP's default action would end the process.
+            loop.add_signal_handler(signal.SIGHUP, self.on_reload)
         try:
             await self.daemon.start()
             ok = True
@@ -58,6 +64,29 @@ class Lifecycle:
                 loop.stop()
         finally:
             started.set_result(ok)
+
+    def on_reload(self) -> None:
+        """SIGHUP (`systemctl reload stsync`): read the configuration again, one reload at a time."""
+        started = self._started
+        if started is None or not started.done() or not started.result() or self._drain:
+            log_event(logger, logging.WARNING, "daemon.reload_ignored", reason="not running")
+            return
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.ensure_future(self._reload_now())
+
+    async def _reload_now(self) -> None:
+        assert self._reload is not None
+        notifier = self.daemon.notifier
+        notifier.reloading()
+        try:
+            settings = self._reload()
+            await self.daemon.reload(settings)
+        except StsyncError as exc:  # a bad file: keep running on the configuration we have
+            log_event(logger, logging.ERROR, "daemon.reload_failed", error=str(exc))
+        except Exception as exc:
+            log_event(logger, logging.ERROR, "daemon.reload_failed", error=repr(exc))
+        finally:
+            notifier.ready()
 
     def on_signal(self, loop: asyncio.AbstractEventLoop) -> None:
         """aiorun's shutdown handler (it has ignored both signals from now on): begin the drain."""
@@ -93,9 +122,10 @@ class Lifecycle:
             await self._begin_drain(loop)
 
 
-def run(settings: Settings) -> None:
-    """Run the daemon until SIGTERM/SIGINT and its drain; raises what made start-up fail."""
-    life = Lifecycle(settings)
+def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+    """Run the daemon until SIGTERM/SIGINT and its drain; raises what made start-up fail.
+    `reload` reads the configuration again on SIGHUP."""
+    life = Lifecycle(settings, reload)
     # aiorun logs each step of its shutdown at INFO: keep its warnings (tasks refusing to exit) only.
     logging.getLogger("aiorun").setLevel(logging.WARNING)
     options: dict[str, Any] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -71,7 +71,7 @@ class Planner:
         self._syncs = syncs
         self._client = client
         self._settings = settings
-        self.schedule_views: Callable[[], list[ScheduleView]] | None = None
+        self.schedule_views: Callable[[], Awaitable[list[ScheduleView]]] | None = None
 
     async def select(
         self, request: ProcessRequest | RetryRequest, trigger: Trigger
@@ -196,7 +196,7 @@ class Planner:
             ):
                 plan_item["estimated_records"] = count
                 plan_item["estimate_error"] = error
-        schedules: list[ScheduleView] = self.schedule_views() if self.schedule_views else []
+        schedules: list[ScheduleView] = await self.schedule_views() if self.schedule_views else []
         return {
             "dry_run": True,
             "action": action,

@@ -90,6 +90,45 @@ class Scheduler:
         self._scheduler = scheduler
         self._refresh_next_fire()
 
+    def reload(self, schedules: tuple[ScheduleConfig, ...]) -> dict[str, list[str]]:
+        """Apply a new set of schedules (SIGHUP): added ones start, removed ones stop, changed ones
+        take their new trigger and filters. A tick in flight finishes as it began; APScheduler keeps
+        counting it against its job, so a changed schedule still never overlaps itself."""
+        wanted = {s.name: s for s in schedules if s.enabled}
+        changes: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
+        for name in list(self._states):
+            if name not in wanted:
+                del self._states[name]
+                changes["removed"].append(name)
+                if self._scheduler is not None and self._scheduler.get_job(name) is not None:
+                    self._scheduler.remove_job(name)
+        for name, config in wanted.items():
+            state = self._states.get(name)
+            if state is None:
+                state = self._states[name] = _State(
+                    config, build_trigger(config.cron, config.timezone)
+                )
+                changes["added"].append(name)
+                if self._scheduler is not None:
+                    self._scheduler.add_job(
+                        self._fire, state.trigger, args=[name], id=name, name=name
+                    )
+            elif state.config != config:
+                timing = (state.config.cron, state.config.timezone) != (
+                    config.cron,
+                    config.timezone,
+                )
+                state.config = config
+                changes["changed"].append(name)
+                if timing:
+                    state.trigger = build_trigger(config.cron, config.timezone)
+                    if self._scheduler is not None:
+                        self._scheduler.reschedule_job(name, trigger=state.trigger)
+        self._disabled = [s for s in schedules if not s.enabled]
+        self._metrics.schedules_configured(self._states)
+        self._refresh_next_fire()
+        return changes
+
     def pause(self) -> None:
         self._stopping = True
         if self._scheduler is not None and self._scheduler.running:
@@ -180,19 +219,32 @@ class Scheduler:
             job = self._scheduler.get_job(name)
             self._metrics.schedule_next_fire(name, job.next_run_time if job else None)
 
-    def views(self, last_runs: dict[str, Any] | None = None) -> list[ScheduleView]:
+    def views(
+        self,
+        last_runs: dict[str, Any] | None = None,
+        paused: dict[str, datetime] | None = None,
+    ) -> list[ScheduleView]:
         """Each schedule with its fire times, for `stsyncctl schedules` and dry runs."""
         views: list[ScheduleView] = []
         last_runs = last_runs or {}
+        paused = paused or {}
         for name, state in self._states.items():
             job = self._scheduler.get_job(name) if self._scheduler else None
             next_fire = job.next_run_time if job else None
             if next_fire is None and job is None:
                 next_fire = state.trigger.get_next_fire_time(None, datetime.now(UTC))
-            views.append(_view(state.config, next_fire, state, last_runs.get(name)))
+            views.append(
+                _view(state.config, next_fire, state, last_runs.get(name), paused.get(name))
+            )
         for config in self._disabled:
-            views.append(_view(config, None, None, last_runs.get(config.name)))
+            views.append(
+                _view(config, None, None, last_runs.get(config.name), paused.get(config.name))
+            )
         return views
+
+    def knows(self, name: str) -> bool:
+        """Whether `name` is a configured schedule (enabled or not)."""
+        return name in self._states or any(c.name == name for c in self._disabled)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -204,6 +256,7 @@ def _view(
     next_fire: datetime | None,
     state: _State | None,
     last_run: Any,
+    paused_at: datetime | None,
 ) -> ScheduleView:
     filters: dict[str, object] = {
         key: value
@@ -223,6 +276,8 @@ def _view(
         "timezone": config.timezone,
         "action": config.action,
         "enabled": config.enabled,
+        "paused": paused_at is not None,
+        "paused_at": _iso(paused_at),
         "filters": filters,
         "next_fire_at": _iso(next_fire),
         "last_fire_at": _iso(last_fire),

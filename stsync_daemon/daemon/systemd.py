@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 
 from ..logs import log_event
@@ -87,6 +88,10 @@ class SystemdNotifier:
     def watchdog(self) -> bool:
         """Still alive; must come more often than `WatchdogSec=`."""
         return self.notify(WATCHDOG=1)
+
+    def reloading(self) -> bool:
+        """Tell systemd a reload began (`systemctl reload` waits for the next READY=1)."""
+        return self.notify(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
 
     def extend_timeout(self, seconds: float) -> bool:
         """Ask for `seconds` more before the start or stop timeout kills us (long drains)."""

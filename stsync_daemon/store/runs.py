@@ -178,6 +178,23 @@ class RunStore:
         rows = await self._pool.fetch(_SQL["last_schedule_runs"])
         return {r["schedule_name"]: r for r in rows}
 
+    # -- schedules -------------------------------------------------------------------------
+
+    async def pause_schedule(self, name: str, by: str | None) -> None:
+        await self._pool.execute(_SQL["pause_schedule"], name, by)
+
+    async def resume_schedule(self, name: str) -> bool:
+        """False when the schedule was not paused."""
+        return await self._pool.fetchval(_SQL["resume_schedule"], name) is not None
+
+    async def paused_schedules(self) -> dict[str, datetime]:
+        """Paused schedules and when they were paused."""
+        rows = await self._pool.fetch(_SQL["paused_schedules"])
+        return {r["name"]: r["paused_at"] for r in rows}
+
+    async def schedule_paused(self, name: str) -> bool:
+        return bool(await self._pool.fetchval(_SQL["schedule_paused"], name))
+
     # -- items and claims ------------------------------------------------------------------
 
     async def with_pending_items(self) -> list[tuple[uuid.UUID, int, float]]:

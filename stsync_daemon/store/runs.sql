@@ -203,3 +203,20 @@ ORDER BY name;
 -- name: notify
 -- Tell every instance's listener ($1: the channel) that something changed ($2).
 SELECT pg_notify($1, $2);
+
+-- name: pause_schedule
+-- A schedule's ticks are skipped from now on, by every instance; pausing twice keeps the first time.
+INSERT INTO stsync.schedule_pauses (name, paused_by) VALUES ($1, $2)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: resume_schedule
+-- A paused schedule fires again at its next tick; true when it was paused.
+DELETE FROM stsync.schedule_pauses WHERE name = $1 RETURNING name;
+
+-- name: paused_schedules
+-- Every paused schedule and when it was paused.
+SELECT name, paused_at, paused_by FROM stsync.schedule_pauses;
+
+-- name: schedule_paused
+-- Whether one schedule is paused (checked at each of its ticks).
+SELECT EXISTS (SELECT 1 FROM stsync.schedule_pauses WHERE name = $1);

@@ -234,6 +234,8 @@ SCHEDULE: ScheduleView = {
     "timezone": "UTC",
     "action": "process",
     "enabled": True,
+    "paused": False,
+    "paused_at": None,
     "filters": {"environment": "production", "data_type": "both"},
     "next_fire_at": "2024-05-01T11:00:00Z",
     "last_fire_at": "2024-05-01T10:00:00Z",

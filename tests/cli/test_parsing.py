@@ -93,6 +93,8 @@ COMMANDS = [
     ["credentials", "remove"],
     ["credentials", "test"],
     ["schedules"],
+    ["schedules", "pause"],
+    ["schedules", "resume"],
     ["runs"],
     ["cancel"],
     ["report"],
@@ -104,12 +106,14 @@ COMMANDS = [
 def leaf_commands(
     parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
 ) -> set[tuple[str, ...]]:
-    """Every command path the parser accepts (those without subcommands of their own)."""
+    """Every command path the parser accepts: those without subcommands, and those whose
+    subcommand is optional (`schedules` alone lists them)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            return set().union(
+            found = set().union(
                 *(leaf_commands(sub, (*path, name)) for name, sub in action.choices.items())
             )
+            return found if action.required else found | {path}
     return {path}
 
 

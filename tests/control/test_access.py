@@ -185,7 +185,14 @@ def test_members_read_and_operate_but_only_admins_change_credentials() -> None:
         "credentials update",
     ]
     operating = [r.command for r in ROUTES.values() if r.level is Level.OPERATE]
-    assert sorted(operating) == ["cancel", "credentials test", "process", "retry"]
+    assert sorted(operating) == [
+        "cancel",
+        "credentials test",
+        "process",
+        "retry",
+        "schedules pause",
+        "schedules resume",
+    ]
 
 
 def test_default_allowed_group_is_the_daemons_own() -> None:
