@@ -188,6 +188,20 @@ def test_dashboard_works_without_per_credential_series() -> None:
         assert names <= default, panel["title"]
 
 
+def test_readme_metrics_table_lists_every_metric() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Metrics reference") :]
+    table = table[: table.index("\n## ")]
+    documented = set(re.findall(r"`(stsync_\w+)`", table))
+    families = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for metrics in (Metrics(), Metrics(per_credential=True))
+        for family in metrics.registry.collect()
+        if family.name.startswith("stsync_")
+    }
+    assert families == documented
+
+
 # -- Prometheus ----------------------------------------------------------------------------------
 
 
