@@ -178,6 +178,13 @@ class MetricsConfig(_Frozen):
 
     enabled: bool = True
     listen: str = "127.0.0.1:9841"
+    # One last-success series per (credential, data type): opt-in, since 10,000 tenants would make
+    # 20,000 series per instance. The default alerts work from per-environment aggregates.
+    per_credential: bool = False
+    # A scheduled (credential, data type) with no success for this long counts as stale.
+    stale_after_hours: Annotated[float, Field(gt=0)] = 2.0
+    # How often the metrics read from the database (shared by every instance) are refreshed.
+    refresh_seconds: Annotated[float, Field(gt=0)] = 30.0
 
     @field_validator("listen")
     @classmethod

@@ -1,8 +1,11 @@
 """Prometheus metrics of the daemon, on a private registry, named by Prometheus' conventions.
 
-Every label comes from a closed vocabulary (enums.py), the configured schedules or the credentials
-table, so the number of series stays bounded. Children of closed label sets are created at 0 up
-front, so that `rate()` and absence alerts work from the first scrape.
+Every label comes from a closed vocabulary (enums.py) or the configured schedules, so the number of
+series stays bounded; the only per-credential family (last success) is opt-in. Children of closed
+label sets are created at 0 up front, so that `rate()` and absence alerts work from the first scrape.
+
+Gauges read from the database (credentials, staleness, dead letters) are cluster-wide: every
+instance exports the same values, so dashboards and alerts aggregate them with `max`, never `sum`.
 """
 
 from __future__ import annotations
@@ -55,6 +58,12 @@ def status_class(status: int | None) -> str:
     return "error"
 
 
+# (credential_id, company_id, environment, data_type, completed_at)
+LastSuccess = tuple[str, str, str, str, datetime]
+# (environment, data_type, stale pairs, oldest last success)
+Freshness = tuple[str, str, int, datetime]
+
+
 def _timestamp(at: datetime) -> float:
     if at.tzinfo is None or at.utcoffset() is None:
         raise ValueError("metric timestamps must be timezone-aware datetimes")
@@ -69,7 +78,11 @@ class Metrics:
     """
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, *, version: str = __version__
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        version: str = __version__,
+        per_credential: bool = False,
     ) -> None:
         if registry is None:
             registry = CollectorRegistry()
@@ -114,16 +127,46 @@ class Metrics:
             ["environment", "data_type"],
             registry=r,
         )
-        self.last_success_timestamp = Gauge(
-            "stsync_last_success_timestamp_seconds",
-            "Unix time of the last successful sync of a credential and data type.",
-            ["credential_id", "company_id", "environment", "data_type"],
-            registry=r,
+        # One series per scheduled credential and data type: only when [metrics] per_credential.
+        self.last_success_timestamp = (
+            Gauge(
+                "stsync_last_success_timestamp_seconds",
+                "Unix time of the last successful sync of a scheduled credential and data type.",
+                ["credential_id", "company_id", "environment", "data_type"],
+                registry=r,
+            )
+            if per_credential
+            else None
         )
         self.credentials = Gauge(
             "stsync_credentials",
-            "Registered credentials, by status.",
+            "Registered credentials, by status (cluster-wide).",
             ["status"],
+            registry=r,
+        )
+        self.scheduled_credentials = Gauge(
+            "stsync_scheduled_credentials",
+            "Credentials some enabled schedule syncs, by status (cluster-wide).",
+            ["environment", "status"],
+            registry=r,
+        )
+        self.stale_credentials = Gauge(
+            "stsync_stale_credentials",
+            "Scheduled credentials whose data type had no successful sync for "
+            "[metrics] stale_after_hours (cluster-wide).",
+            ["environment", "data_type"],
+            registry=r,
+        )
+        self.oldest_success_timestamp = Gauge(
+            "stsync_oldest_success_timestamp_seconds",
+            "Unix time of the least recent last success among scheduled credentials (one that "
+            "never succeeded counts from when it was added; cluster-wide).",
+            ["environment", "data_type"],
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "stsync_database_up",
+            "1 when PostgreSQL answered this instance's last query or heartbeat, else 0.",
             registry=r,
         )
         self.dead_letters = Gauge(
@@ -232,6 +275,11 @@ class Metrics:
                 self.token_refreshes.labels(env, outcome)
         for cred_status in CredentialStatus:
             self.credentials.labels(cred_status)
+        for env, cred_status in itertools.product(Environment, CredentialStatus):
+            if cred_status is not CredentialStatus.DISABLED:  # a disabled one is never scheduled
+                self.scheduled_credentials.labels(env, cred_status)
+        for env, dt in itertools.product(Environment, DataType):
+            self.stale_credentials.labels(env, dt)
         for action, trigger, run_status in itertools.product(RUN_ACTIONS, Trigger, RUN_STATUSES):
             self.runs.labels(action, trigger, run_status)
 
@@ -281,7 +329,9 @@ class Metrics:
         data_type: DataType,
         at: datetime,
     ) -> None:
-        """Record when a credential's data type last synced successfully (also at start-up)."""
+        """Record when a credential's data type last synced successfully (per_credential only)."""
+        if self.last_success_timestamp is None:
+            return
         labels = (str(credential_id), str(company_id), str(environment), str(data_type))
         keys = self._last_success_keys.setdefault(labels[0], {})
         previous = keys.get((labels[2], labels[3]))
@@ -294,8 +344,56 @@ class Metrics:
 
     def forget_credential(self, credential_id: str) -> None:
         """Drop the series of a removed credential, so it stops feeding staleness alerts."""
+        if self.last_success_timestamp is None:
+            return
         for labels in self._last_success_keys.pop(str(credential_id), {}).values():
             self.last_success_timestamp.remove(*labels)
+
+    def replace_last_success(self, rows: Iterable[LastSuccess]) -> None:
+        """Exactly these series from now on: the database's truth, scheduled pairs only."""
+        if self.last_success_timestamp is None:
+            return
+        wanted: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {}
+        for credential_id, company_id, environment, data_type, at in rows:
+            labels: tuple[str, ...] = (
+                str(credential_id),
+                str(company_id),
+                str(environment),
+                str(data_type),
+            )
+            wanted.setdefault(labels[0], {})[(labels[2], labels[3])] = labels
+            self.last_success_timestamp.labels(*labels).set(_timestamp(at))
+        for credential_id, keys in self._last_success_keys.items():
+            for key, labels in keys.items():
+                if wanted.get(credential_id, {}).get(key) != labels:
+                    self.last_success_timestamp.remove(*labels)
+        self._last_success_keys = wanted
+
+    def scheduled_by_status(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Scheduled credentials per (environment, status); missing pairs become 0."""
+        for env, cred_status in itertools.product(Environment, CredentialStatus):
+            if cred_status is not CredentialStatus.DISABLED:
+                self.scheduled_credentials.labels(env, cred_status).set(
+                    counts.get((env.value, cred_status.value), 0)
+                )
+
+    def freshness(self, rows: Iterable[Freshness]) -> None:
+        """Stale counts and oldest success per (environment, data type); missing ones: 0, none."""
+        seen: dict[tuple[str, str], tuple[int, datetime]] = {
+            (str(env), str(dt)): (stale, oldest) for env, dt, stale, oldest in rows
+        }
+        for env, dt in itertools.product(Environment, DataType):
+            found = seen.get((env.value, dt.value))
+            self.stale_credentials.labels(env, dt).set(found[0] if found else 0)
+            if found is None:
+                with contextlib.suppress(KeyError):
+                    self.oldest_success_timestamp.remove(env, dt)
+            else:
+                self.oldest_success_timestamp.labels(env, dt).set(_timestamp(found[1]))
+
+    def database(self, up: bool) -> None:
+        """Whether this instance reaches PostgreSQL (stsync_database_up)."""
+        self.database_up.set(1 if up else 0)
 
     def open_dead_letters(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Set the open dead letters per (environment, data type); missing pairs become 0."""

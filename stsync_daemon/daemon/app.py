@@ -24,7 +24,7 @@ import asyncpg
 from .. import __version__
 from ..config import ScheduleConfig, Settings
 from ..control.server import ControlServer, ControlServices
-from ..enums import DataType, Trigger
+from ..enums import Trigger
 from ..errors import NotFoundError, StsyncError
 from ..logs import log_event
 from ..metrics import Metrics
@@ -40,6 +40,7 @@ from ..sync.engine import SyncEngine
 from ..views import Health as HealthView
 from ..views import ScheduleView
 from .health import OK, Health
+from .monitoring import MetricsRefresher
 from .report import log_report
 from .runner import Runner
 from .runs import TickNotClaimed
@@ -57,7 +58,7 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.instance = settings.cluster.instance_name()
-        self.metrics = Metrics()
+        self.metrics = Metrics(per_credential=settings.metrics.per_credential)
         self.notifier = SystemdNotifier.from_environment()
         self.health = Health()
         self.started_monotonic = time.monotonic()
@@ -72,6 +73,7 @@ class Daemon:
         self.runner: Runner
         self.scheduler: Scheduler
         self.control: ControlServer
+        self.refresher: MetricsRefresher
 
     async def start(self) -> None:
         settings = self.settings
@@ -91,6 +93,8 @@ class Daemon:
             )
         await self._claim_instance_name()
         await self._heartbeat()
+        self.health.observe_database(self.metrics.database)
+        self.health.database(True)
         cipher = (
             SecretCipher.from_file(settings.secrets.key_file) if settings.secrets.key_file else None
         )
@@ -98,6 +102,12 @@ class Daemon:
         self.client = ServiceTitanClient(settings.servicetitan, observer=self.metrics)
         await self.client.__aenter__()
         self.credentials = CredentialStore(self.pool, cipher)
+        self.refresher = MetricsRefresher(
+            metrics=self.metrics,
+            credentials=self.credentials,
+            schedules=settings.schedules,
+            config=settings.metrics,
+        )
         engine = SyncEngine(
             self.pool,
             self.client,
@@ -116,6 +126,7 @@ class Daemon:
             metrics=self.metrics,
             instance=self.instance,
             notify=self._notify,
+            credential_status_changed=self.refresher.changed,
         )
         swept = await sweep_orphans(self.pool)
         if swept:
@@ -153,16 +164,8 @@ class Daemon:
             self._metrics_runner = await start_metrics_server(
                 self.metrics, settings.metrics.host, settings.metrics.port, verdict=self.verdict
             )
-        await self.refresh_credential_metrics()
+        await self.refresher.refresh()
         await self.refresh_dead_letter_metrics()
-        for row in await self.credentials.all_last_success():
-            self.metrics.last_success(
-                str(row["credential_id"]),
-                row["company_id"],
-                row["environment"],
-                DataType(row["data_type"]),
-                row["completed_at"],
-            )
         await self._listen()
         self.scheduler.start()
         loops: dict[str, Callable[[], Awaitable[None]]] = {
@@ -170,6 +173,7 @@ class Daemon:
             "heartbeat": self._heartbeat_loop,
             "sweep": self._sweep_loop,
             "scheduler": self._scheduler_loop,
+            "metrics": lambda: self.refresher.loop(beat=lambda: self.health.beat("metrics")),
         }
         for name, body in loops.items():
             self._tasks.append(
@@ -208,7 +212,7 @@ class Daemon:
 
     async def refresh_credential_metrics(self) -> None:
         with contextlib.suppress(*DB_ERRORS):
-            self.metrics.credentials_by_status(await self.credentials.count_by_status())
+            await self.refresher.refresh()
 
     async def _credential_changed(self, credential_id: uuid.UUID, removed: bool) -> None:
         if removed:
@@ -270,6 +274,7 @@ class Daemon:
         """SIGHUP: take the new schedules now; other settings need a restart (logged, not applied).
         Runs in flight are not touched."""
         changes = self.scheduler.reload(settings.schedules)
+        self.refresher.reschedule(settings.schedules)
         restart = sorted(
             section
             for section in type(settings).model_fields

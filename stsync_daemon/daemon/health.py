@@ -59,11 +59,16 @@ class Health:
         self._problems: dict[str, str] = {}
         self.loops: dict[str, LoopState] = {}
         self._database_ok = True
+        self._database_observers: list[Callable[[bool], None]] = []
 
     @property
     def database_ok(self) -> bool:
         """Whether PostgreSQL answered the last time anyone asked."""
         return self._database_ok
+
+    def observe_database(self, observer: Callable[[bool], None]) -> None:
+        """Call `observer` with every answer about the database (the stsync_database_up gauge)."""
+        self._database_observers.append(observer)
 
     def database(self, ok: bool, error: str | None = None) -> None:
         """What the last query said; a change is logged once, whoever noticed it."""
@@ -73,6 +78,8 @@ class Health:
             else:
                 log_event(logger, logging.WARNING, "database.unavailable", error=error)
         self._database_ok = ok
+        for observer in self._database_observers:
+            observer(ok)
 
     # -- problems of the daemon's own configuration (a ProblemReporter for the sync engine) --------
 

@@ -27,6 +27,7 @@ import orjson
 
 from ..config import Settings
 from ..enums import (
+    CredentialStatus,
     DataType,
     Environment,
     ErrorCategory,
@@ -103,6 +104,7 @@ class Runner:
         metrics: Metrics,
         instance: str,
         notify: Notify | None = None,
+        credential_status_changed: Callable[[], None] | None = None,
     ) -> None:
         self._runs = RunStore(pool, instance)
         self._syncs = SyncStore(pool)
@@ -114,6 +116,7 @@ class Runner:
         self._metrics = metrics
         self._instance = instance
         self._notify = notify
+        self._credential_status_changed = credential_status_changed
         self._owned: dict[uuid.UUID, Run] = {}
         self._local: dict[tuple[uuid.UUID, uuid.UUID, str], LocalSync] = {}
         self._wakeup = asyncio.Event()
@@ -476,8 +479,17 @@ class Runner:
             result.records_successful,
             result.records_failed,
         )
+        credential = result.request.credential
+        if self._credential_status_changed is not None and (
+            result.credential_outcome == "error"
+            or (
+                result.credential_outcome == "ok"
+                and credential.status is not CredentialStatus.ACTIVE
+            )
+        ):
+            # The sync moved its credential in or out of `error`: the gauges must say so now.
+            self._credential_status_changed()
         if result.status is SyncStatus.COMPLETED and result.completed_at is not None:
-            credential = result.request.credential
             self._metrics.last_success(
                 str(credential.id),
                 credential.company_id,

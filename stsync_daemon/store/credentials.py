@@ -73,6 +73,32 @@ class NewCredential:
     schedule_enabled: bool = True
 
 
+@dataclass(frozen=True)
+class CoverageRule:
+    """What one enabled schedule syncs: None matches any environment, company or credential."""
+
+    environment: Environment | None
+    company_id: str | None
+    credential_id: str | None
+    data_type: DataType
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which credentials and data types some enabled schedule syncs; the rest never alert."""
+
+    rules: tuple[CoverageRule, ...]
+
+    def args(self) -> tuple[builtins.list[str | None], ...]:
+        """The rules as the four parallel arrays the queries unnest."""
+        return (
+            [r.environment.value if r.environment else None for r in self.rules],
+            [r.company_id for r in self.rules],
+            [r.credential_id for r in self.rules],
+            [r.data_type.value for r in self.rules],
+        )
+
+
 class CredentialStore:
     """CRUD over credentials; the only place secrets are encrypted or decrypted."""
 
@@ -192,9 +218,21 @@ class CredentialStore:
             last.setdefault(r["credential_id"], {})[r["data_type"]] = r["completed_at"]
         return last
 
-    async def all_last_success(self) -> builtins.list[asyncpg.Record]:
-        """(credential_id, data_type, completed_at, company_id, environment) of every success."""
-        return await self._pool.fetch(_SQL["all_last_success"])
+    async def scheduled_by_status(self, coverage: Coverage) -> builtins.list[asyncpg.Record]:
+        """(environment, status, n) of the credentials some enabled schedule syncs."""
+        return await self._pool.fetch(_SQL["scheduled_credentials_by_status"], *coverage.args())
+
+    async def freshness(
+        self, coverage: Coverage, stale_after_seconds: float
+    ) -> builtins.list[asyncpg.Record]:
+        """(environment, data_type, scheduled, stale, oldest) of the scheduled pairs."""
+        return await self._pool.fetch(
+            _SQL["freshness_of_scheduled"], *coverage.args(), stale_after_seconds
+        )
+
+    async def scheduled_last_success(self, coverage: Coverage) -> builtins.list[asyncpg.Record]:
+        """(credential_id, data_type, completed_at, company_id, environment) of scheduled pairs."""
+        return await self._pool.fetch(_SQL["scheduled_last_success"], *coverage.args())
 
     async def access(
         self,

@@ -77,8 +77,60 @@ SELECT credential_id, data_type, last_success_at AS completed_at
 FROM stsync.cursors
 WHERE credential_id = ANY($1::uuid[]) AND last_success_at IS NOT NULL;
 
--- name: all_last_success
--- Every (credential, data type) that has synced successfully, and when.
+-- name: scheduled_credentials_by_status
+-- Credentials some enabled schedule syncs (not disabled, scheduled syncs on, matched by a schedule's
+-- filters: $1 environments, $2 companies, $3 credential ids, $4 data types, NULL matching any), by
+-- environment and status: what the credentials-in-error alert counts.
+WITH coverage AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+        AS s(environment, company_id, credential_id, data_type)
+)
+SELECT c.environment, c.status, count(*) AS n
+FROM stsync.credentials c
+WHERE c.status <> 'disabled' AND c.schedule_enabled
+  AND EXISTS (SELECT 1 FROM coverage s
+              WHERE (s.environment IS NULL OR s.environment = c.environment)
+                AND (s.company_id IS NULL OR s.company_id = c.company_id)
+                AND (s.credential_id IS NULL OR s.credential_id = c.id::text))
+GROUP BY c.environment, c.status;
+
+-- name: freshness_of_scheduled
+-- Per environment and data type, the (credential, data type) pairs schedules cover ($1..$4 as in
+-- scheduled_credentials_by_status), how many had no success for $5 seconds, and the oldest last
+-- success; a pair that never succeeded counts from when its credential was added.
+WITH coverage AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+        AS s(environment, company_id, credential_id, data_type)
+), pairs AS (
+    SELECT c.environment, d.data_type, coalesce(k.last_success_at, c.created_at) AS fresh_at
+    FROM stsync.credentials c
+    CROSS JOIN (SELECT DISTINCT data_type FROM coverage) d
+    LEFT JOIN stsync.cursors k ON k.credential_id = c.id AND k.data_type = d.data_type
+    WHERE c.status <> 'disabled' AND c.schedule_enabled
+      AND EXISTS (SELECT 1 FROM coverage s
+                  WHERE (s.environment IS NULL OR s.environment = c.environment)
+                    AND (s.company_id IS NULL OR s.company_id = c.company_id)
+                    AND (s.credential_id IS NULL OR s.credential_id = c.id::text)
+                    AND s.data_type = d.data_type)
+)
+SELECT environment, data_type, count(*) AS scheduled,
+       count(*) FILTER (WHERE fresh_at < now() - make_interval(secs => $5)) AS stale,
+       min(fresh_at) AS oldest
+FROM pairs
+GROUP BY environment, data_type;
+
+-- name: scheduled_last_success
+-- When each scheduled (credential, data type) last synced successfully ($1..$4 as in
+-- scheduled_credentials_by_status): the opt-in per-credential series.
+WITH coverage AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+        AS s(environment, company_id, credential_id, data_type)
+)
 SELECT k.credential_id, k.data_type, k.last_success_at AS completed_at, c.company_id, c.environment
-FROM stsync.cursors k JOIN stsync.credentials c ON c.id = k.credential_id
-WHERE k.last_success_at IS NOT NULL;
+FROM stsync.credentials c JOIN stsync.cursors k ON k.credential_id = c.id
+WHERE k.last_success_at IS NOT NULL AND c.status <> 'disabled' AND c.schedule_enabled
+  AND EXISTS (SELECT 1 FROM coverage s
+              WHERE (s.environment IS NULL OR s.environment = c.environment)
+                AND (s.company_id IS NULL OR s.company_id = c.company_id)
+                AND (s.credential_id IS NULL OR s.credential_id = c.id::text)
+                AND s.data_type = k.data_type);

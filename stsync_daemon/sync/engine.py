@@ -154,6 +154,8 @@ class SyncResult:
     pages: int = 0
     error_category: ErrorCategory | None = None
     error_message: str | None = None
+    # What the sync's end did to its credential: "ok" (clears `error`), "error" (parks it) or None.
+    credential_outcome: str | None = None
     # Where the time went (seconds; fetching overlaps the other two): for benchmarks and logs.
     timings: dict[str, float] = field(
         default_factory=lambda: {"fetch": 0.0, "convert": 0.0, "database": 0.0}
@@ -479,6 +481,7 @@ class SyncEngine:
             end.message,
         )
         if row is not None:
+            result.credential_outcome = end.credential
             result.completed_at = row["completed_at"]
             result.records_processed = row["records_processed"]
             result.records_successful = row["records_successful"]

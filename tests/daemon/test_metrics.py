@@ -38,6 +38,10 @@ EXPECTED_FAMILIES = {
         "data_type",
     },
     "stsync_credentials": {"status"},
+    "stsync_scheduled_credentials": {"environment", "status"},
+    "stsync_stale_credentials": {"environment", "data_type"},
+    "stsync_oldest_success_timestamp_seconds": {"environment", "data_type"},
+    "stsync_database_up": set(),
     "stsync_api_requests_total": {"environment", "endpoint", "status_class"},
     "stsync_api_request_duration_seconds": {"environment", "endpoint"},
     "stsync_rate_limit_waits_total": {"environment", "reason"},
@@ -56,12 +60,15 @@ EXPECTED_FAMILIES = {
 
 def exercised() -> Metrics:
     """A Metrics on which every method has been called once, so every family has samples."""
-    m = Metrics()
+    m = Metrics(per_credential=True)
     m.schedules_configured(["hourly-production"])
     m.sync_started(PROD, CUST)
     m.sync_finished(PROD, CUST, SyncStatus.FAILED, ErrorCategory.AUTH, 12.5, 40, 2)
     m.last_success("7", "1234567", PROD, CUST, NOW)
     m.credentials_by_status({CredentialStatus.ACTIVE: 3, CredentialStatus.ERROR: 1})
+    m.scheduled_by_status({("production", "error"): 1})
+    m.freshness([("production", "customers", 2, NOW)])
+    m.database(True)
     m.request_finished(PROD, "crm/customers", 200, 0.3)
     m.request_finished(PROD, "crm/customers", None, 1.0)
     m.rate_limit_waited(PROD, 0.5, "429")
@@ -108,7 +115,64 @@ def test_closed_label_sets_exist_at_zero_before_anything_happens() -> None:
         assert sample("stsync_token_refreshes_total", {"environment": env, "outcome": "ok"}) == 0
     for cred_status in CredentialStatus:
         assert sample("stsync_credentials", {"status": cred_status}) == 0
+    for env in Environment:
+        assert sample("stsync_scheduled_credentials", {"environment": env, "status": "error"}) == 0
+        for dt in DataType:
+            assert sample("stsync_stale_credentials", {"environment": env, "data_type": dt}) == 0
+    # Unproven until the first heartbeat answers.
+    assert sample("stsync_database_up") == 0
     assert sample("stsync_build_info", {"version": "0.1.0"}) == 1
+
+
+def test_per_credential_series_are_opt_in() -> None:
+    """10,000 tenants must not mean 20,000 series unless the operator asks for them."""
+    default = Metrics()
+    default.last_success("7", "111", PROD, CUST, NOW)
+    default.replace_last_success([("7", "111", "production", "customers", NOW)])
+    text = default.render().decode()
+    assert "stsync_last_success_timestamp_seconds" not in text
+    opted = Metrics(per_credential=True)
+    opted.last_success("7", "111", PROD, CUST, NOW)
+    assert 'stsync_last_success_timestamp_seconds{company_id="111"' in opted.render().decode()
+
+
+def test_replacing_last_success_keeps_only_the_given_pairs() -> None:
+    """The database's truth replaces this instance's copies: newer values, and no unscheduled pair."""
+    m = Metrics(per_credential=True)
+    sample = m.registry.get_sample_value
+    m.last_success("7", "111", PROD, CUST, NOW)
+    m.last_success("8", "222", PROD, CUST, NOW)  # e.g. a manual sync of an unscheduled credential
+    later = NOW + timedelta(hours=1)
+    m.replace_last_success([("7", "111", "production", "customers", later)])
+    labels = {"credential_id": "7", "company_id": "111", "environment": "production"}
+    assert sample(
+        "stsync_last_success_timestamp_seconds", {**labels, "data_type": "customers"}
+    ) == (later.timestamp())
+    assert 'credential_id="8"' not in m.render().decode()
+    m.replace_last_success([])
+    assert "credential_id=" not in m.render().decode()
+
+
+def test_freshness_and_scheduled_counts_reset_what_is_gone() -> None:
+    m = Metrics()
+    sample = m.registry.get_sample_value
+    key = {"environment": "production", "data_type": "invoices"}
+    m.freshness([("production", "invoices", 3, NOW)])
+    assert sample("stsync_stale_credentials", key) == 3
+    assert sample("stsync_oldest_success_timestamp_seconds", key) == NOW.timestamp()
+    m.freshness([])  # nothing scheduled any more
+    assert sample("stsync_stale_credentials", key) == 0
+    assert sample("stsync_oldest_success_timestamp_seconds", key) is None
+    m.scheduled_by_status({("integration", "error"): 2})
+    assert (
+        sample("stsync_scheduled_credentials", {"environment": "integration", "status": "error"})
+        == 2
+    )
+    m.scheduled_by_status({})
+    assert (
+        sample("stsync_scheduled_credentials", {"environment": "integration", "status": "error"})
+        == 0
+    )
 
 
 def test_promtool_check_metrics_accepts_the_output() -> None:
@@ -217,7 +281,7 @@ def test_schedule_series() -> None:
 
 
 def test_last_success_per_credential_and_forgetting_it() -> None:
-    m = Metrics()
+    m = Metrics(per_credential=True)
     sample = m.registry.get_sample_value
     labels = {
         "credential_id": "7",
