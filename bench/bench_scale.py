@@ -36,6 +36,7 @@ from common import (
 from pydantic import SecretStr
 
 from stsync_daemon.store.crypto import SecretCipher
+from stsync_daemon.store.syncs import _SQL as SYNCS_SQL
 
 RSS_MB = 150.0
 CPU_SHARE = 0.01
@@ -58,6 +59,16 @@ SELECT gen_random_uuid(), c.ids[1 + (g % array_length(c.ids, 1))],
        1
 FROM generate_series(1, $1) AS g,
      (SELECT array_agg(id ORDER BY id) AS ids FROM stsync.credentials) AS c
+"""
+
+# What the statements that end a sync keep up to date, for the rows filled above (as migration 0008).
+_FILL_TOTALS = """
+INSERT INTO stsync.sync_totals (credential_id, data_type, status, syncs, records, failed_records,
+                                seconds)
+SELECT credential_id, data_type, status, count(*), sum(records_processed), sum(records_failed),
+       coalesce(sum(extract(epoch FROM completed_at - started_at)), 0)
+FROM stsync.sync_log WHERE status <> 'running'
+GROUP BY credential_id, data_type, status
 """
 
 _FILL_CURSORS = """
@@ -92,11 +103,17 @@ async def fill(dsn: str, key: Any, credentials: int, sync_log: int) -> dict[str,
         )  # fmt: skip
         inserted = time.perf_counter() - clock
         await conn.execute(_FILL_SYNC_LOG, sync_log)
+        await conn.execute(_FILL_TOTALS)
         await conn.execute(_FILL_CURSORS)
         await conn.execute("VACUUM ANALYZE")
+        total = time.perf_counter() - clock
+        # The all-time summary as it was computed before the totals: a scan of the whole log.
+        scan_clock = time.perf_counter()
+        await conn.fetch(SYNCS_SQL["summarize_syncs"], None, False, False, None)
+        scan = time.perf_counter() - scan_clock
     finally:
         await conn.close()
-    return {"credentials_seconds": inserted, "total_seconds": time.perf_counter() - clock}
+    return {"credentials_seconds": inserted, "total_seconds": total, "scan_summary_seconds": scan}
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -150,12 +167,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     None,
                     lambda d: "summary" in d,
                 )
+                status_all = await timed(
+                    daemon, "GET", "/v1/status", None, lambda d: "summary" in d
+                )
                 peak_rss = proc_status_kb(daemon.pid, "VmHWM") / 1024
             finally:
                 await daemon.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    dry_p, status_p = percentiles(dry), percentiles(status)
+    dry_p, status_p, all_p = percentiles(dry), percentiles(status), percentiles(status_all)
     return {
         "credentials": args.credentials,
         "sync_log_rows": args.sync_log,
@@ -166,11 +186,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "idle_cpu_share": cpu,
         "dry_run_seconds": dry_p,
         "status_seconds": status_p,
+        "status_all_seconds": all_p,
         "targets": {"rss_mb": RSS_MB, "cpu_share": CPU_SHARE, "answer_seconds": ANSWER_S},
         "met": idle_rss <= RSS_MB
         and cpu <= CPU_SHARE
         and dry_p["p95"] <= ANSWER_S
-        and status_p["p95"] <= ANSWER_S,
+        and status_p["p95"] <= ANSWER_S
+        and all_p["p95"] <= ANSWER_S,
     }
 
 
@@ -182,7 +204,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after start-up")
     args = parser.parse_args()
     r = asyncio.run(bench(args))
-    d, s = r["dry_run_seconds"], r["status_seconds"]
+    d, s, a = r["dry_run_seconds"], r["status_seconds"], r["status_all_seconds"]
     print_table(
         f"Scale: {args.credentials:,} credentials, {args.sync_log:,} sync log rows",
         ["measure", "value", "target", "verdict"],
@@ -191,6 +213,8 @@ def main() -> None:
             [f"idle CPU over {args.idle:g} s", f"{r['idle_cpu_share'] * 100:.2f}% of a core", "<= 1%", verdict(r["idle_cpu_share"] <= CPU_SHARE)],
             ["process --dry-run p50 / p95 s", f"{d['p50']:.3f} / {d['p95']:.3f}", "<= 1 s", verdict(d["p95"] <= ANSWER_S)],
             ["status --failed-only --last-24h p50 / p95 s", f"{s['p50']:.3f} / {s['p95']:.3f}", "<= 1 s", verdict(s["p95"] <= ANSWER_S)],
+            ["status (no filter: all time) p50 / p95 s", f"{a['p50']:.3f} / {a['p95']:.3f}", "<= 1 s", verdict(a["p95"] <= ANSWER_S)],
+            ["  the same summary scanning the log (before the totals) s", f"{r['fill']['scan_summary_seconds']:.3f}", "", ""],
             ["peak RSS MB after the calls", f"{r['peak_rss_mb_after_calls']:.1f}", "", ""],
         ],
     )  # fmt: skip

@@ -223,6 +223,17 @@ class ClusterConfig(_Frozen):
         return self.instance or socket.gethostname()
 
 
+class RetentionConfig(_Frozen):
+    """How long history is kept (days; 0 keeps it forever). Pruned by housekeeping in small
+    batches, so a first pass over years of history never holds up syncs."""
+
+    sync_log_days: Annotated[int, Field(ge=0)] = 90
+    runs_days: Annotated[int, Field(ge=0)] = 30
+    dead_letters_days: Annotated[int, Field(ge=0)] = 90  # resolved ones; open ones stay
+    interval_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+
+
 class LoggingConfig(_Frozen):
     """Structured logs: JSON lines when not on a TTY."""
 
@@ -334,6 +345,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerConfig = SchedulerConfig()
     cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
+    retention: RetentionConfig = RetentionConfig()
     schedules: tuple[ScheduleConfig, ...] = ()
 
     @model_validator(mode="after")

@@ -42,6 +42,7 @@ from ..views import ScheduleView
 from .health import OK, Health
 from .monitoring import MetricsRefresher
 from .report import log_report
+from .retention import Retention
 from .runner import Runner
 from .runs import TickNotClaimed
 from .scheduler import Scheduler, TickSkipped
@@ -174,6 +175,7 @@ class Daemon:
             "sweep": self._sweep_loop,
             "scheduler": self._scheduler_loop,
             "metrics": lambda: self.refresher.loop(beat=lambda: self.health.beat("metrics")),
+            "retention": Retention(settings.retention, self.syncs, self.runs).loop,
         }
         for name, body in loops.items():
             self._tasks.append(

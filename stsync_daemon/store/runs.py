@@ -240,6 +240,10 @@ class RunStore:
         """Items that ended without a sync of their own (skipped, cancelled), in run order."""
         return await self._pool.fetch(_SQL["run_item_outcomes"], run_id)
 
+    async def prune(self, before: datetime, limit: int) -> int:
+        """Retention: up to `limit` finished runs started before `before`; how many went."""
+        return int(await self._pool.fetchval(_SQL["prune_runs"], before, limit))
+
     # -- failover --------------------------------------------------------------------------
 
     async def settle_orphaned_items(self, lease_seconds: float) -> set[uuid.UUID]:

@@ -220,3 +220,14 @@ SELECT name, paused_at, paused_by FROM stsync.schedule_pauses;
 -- name: schedule_paused
 -- Whether one schedule is paused (checked at each of its ticks).
 SELECT EXISTS (SELECT 1 FROM stsync.schedule_pauses WHERE name = $1);
+
+-- name: prune_runs
+-- Retention: up to $2 finished runs that started before $1 (their items go with them; their syncs
+-- stay in the sync log, no longer tied to a run). How many went.
+WITH gone AS (
+    DELETE FROM stsync.runs WHERE id IN (
+        SELECT id FROM stsync.runs WHERE status <> 'running' AND started_at < $1
+        ORDER BY started_at LIMIT $2)
+    RETURNING 1
+)
+SELECT count(*) FROM gone;

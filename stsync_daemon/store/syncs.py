@@ -276,7 +276,12 @@ class SyncStore:
         """The newest syncs matching the filters, and statistics over all that match."""
         filters = (company_id, running_only, failed_only, since)
         rows = await self._pool.fetch(_SQL["select_syncs"], *filters, None, limit)
-        stats = await self._pool.fetch(_SQL["summarize_syncs"], *filters)
+        if since is None:  # all time: the totals, not a scan of the whole log
+            stats = await self._pool.fetch(
+                _SQL["summarize_totals"], company_id, running_only, failed_only
+            )
+        else:
+            stats = await self._pool.fetch(_SQL["summarize_syncs"], *filters)
         dead = await self._pool.fetchval(_SQL["count_open_dead_letters"], company_id)
         return [sync_view(r) for r in rows], _summary(stats, dead_letters=dead)
 
@@ -320,6 +325,14 @@ class SyncStore:
             "dead_letters": [_dead_letter_view(r) for r in rows],
             "total": rows[0]["total"] if rows else 0,
         }
+
+    async def prune(self, before: datetime, limit: int) -> int:
+        """Retention: up to `limit` finished syncs started before `before`; how many went."""
+        return int(await self._pool.fetchval(_SQL["prune_sync_log"], before, limit))
+
+    async def prune_dead_letters(self, before: datetime, limit: int) -> int:
+        """Retention: up to `limit` dead letters resolved before `before` (open ones stay)."""
+        return int(await self._pool.fetchval(_SQL["prune_dead_letters"], before, limit))
 
     async def open_dead_letters_by_kind(self) -> dict[tuple[str, str], int]:
         """Unresolved dead letters per (environment, data type): the gauge."""
