@@ -31,6 +31,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .enums import DataTypeFilter, Environment
 from .errors import ConfigError
 from .limits import (
+    BACKFILL_CONCURRENCY_DEFAULT,
+    BACKFILL_MIN_RECORDS_DEFAULT,
+    BACKFILL_PAGE_SIZE_MAX,
     MAX_CONCURRENT_DEFAULT,
     MAX_CONCURRENT_TOTAL_DEFAULT,
     RETRY_MAX_AGE_HOURS_DEFAULT,
@@ -150,6 +153,14 @@ class SyncConfig(_Frozen):
     page_size: Annotated[int, Field(ge=1, le=5000)] = 500
     commit_batch_records: Annotated[int, Field(ge=1, le=100_000)] = 5000
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 30.0
+    # A first (or --full) sync of a tenant with at least this many records (the list's totalCount)
+    # reads the list endpoints, `backfill_concurrency` pages in flight, then catches up with the
+    # export; 0 turns backfills off.
+    backfill_min_records: Annotated[int, Field(ge=0)] = BACKFILL_MIN_RECORDS_DEFAULT
+    backfill_concurrency: Annotated[int, Field(ge=1, le=60)] = BACKFILL_CONCURRENCY_DEFAULT
+    backfill_page_size: Annotated[int, Field(ge=1, le=BACKFILL_PAGE_SIZE_MAX)] = (
+        BACKFILL_PAGE_SIZE_MAX
+    )
 
 
 class SecretsConfig(_Frozen):

@@ -24,6 +24,9 @@ RUNS_LIMIT_DEFAULT = 20  # `stsyncctl runs` and `GET /v1/runs` without a limit
 RUNS_LIMIT_MAX = 10_000  # the server answers at most this many runs
 DEAD_LETTERS_LIMIT_MAX = 10_000
 BIGINT_MAX = 2**63 - 1
+BACKFILL_MIN_RECORDS_DEFAULT = 20_000  # a first sync this large reads the lists, pages in parallel
+BACKFILL_CONCURRENCY_DEFAULT = 8  # list pages in flight per data type
+BACKFILL_PAGE_SIZE_MAX = 5000  # the list endpoints' largest pageSize
 
 # The validated types, for pydantic models (config and protocol alike).
 Concurrency = Annotated[int, Field(ge=MAX_CONCURRENT_MIN, le=MAX_CONCURRENT_MAX)]

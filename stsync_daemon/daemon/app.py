@@ -117,6 +117,9 @@ class Daemon:
             commit_batch_records=settings.sync.commit_batch_records,
             instance=self.instance,
             problems=self.health.report,
+            backfill_min_records=settings.sync.backfill_min_records,
+            backfill_concurrency=settings.sync.backfill_concurrency,
+            backfill_page_size=settings.sync.backfill_page_size,
         )
         self.runner = Runner(
             pool=self.pool,

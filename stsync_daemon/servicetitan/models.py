@@ -45,7 +45,7 @@ class UnreadableRecord:
 
 @dataclass(frozen=True)
 class ExportPage:
-    """One page of an export, with the token to continue from.
+    """One page of an export, with the token to continue from (or of a list, with its number).
 
     `unreadable` holds the records JSON cannot decode (a lone surrogate escape, a number beyond
     double range); `records` the others.
@@ -56,3 +56,4 @@ class ExportPage:
     has_more: bool
     nbytes: int
     unreadable: tuple[UnreadableRecord, ...] = ()
+    number: int | None = None  # a list page's number (backfill); None for an export page

@@ -140,10 +140,13 @@ async def book_batch(
     pages: int,
     stored_ids: Sequence[str] = (),
     rejected: Sequence[tuple[str | None, str, bytes, bool]] = (),
+    list_pages: Sequence[int] = (),
 ) -> None:
     """In the batch's transaction: dead letters resolved (`stored_ids`, records stored again) and
     new (`rejected`: record id, reason, raw bytes, whether jsonb takes them), the cursor and the
-    sync's counters."""
+    sync's counters; for a backfill, the list pages the batch holds."""
+    if list_pages:
+        await conn.execute(_SQL["backfill_pages_done"], credential_id, data_type, list(list_pages))
     if stored_ids:
         await conn.execute(_SQL["resolve_dead_letters"], credential_id, data_type, stored_ids)
     if rejected:
@@ -170,6 +173,21 @@ async def book_batch(
         processed - failed,
         failed,
         pages,
+    )
+
+
+async def begin_backfill(
+    conn: asyncpg.Connection,
+    credential_id: uuid.UUID,
+    data_type: str,
+    *,
+    started_at: datetime,
+    page_size: int,
+    pages: int,
+) -> None:
+    """Record a backfill's plan, so that an interrupted one resumes where it was."""
+    await conn.execute(
+        _SQL["begin_backfill"], credential_id, data_type, started_at, page_size, pages
     )
 
 

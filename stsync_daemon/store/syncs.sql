@@ -8,7 +8,9 @@
 -- read is the last one committed). $6 is the mode: only incremental syncs resume. $10/$11: the
 -- tenant's environment and id.
 WITH cursor AS (
-    SELECT continue_from, max_modified_on, safe_through FROM stsync.cursors
+    SELECT continue_from, max_modified_on, safe_through, backfill_started_at, backfill_page_size,
+           backfill_pages, backfill_done
+    FROM stsync.cursors
     WHERE credential_id = $3 AND data_type = $4
 ), resume AS (
     SELECT CASE WHEN $6 = 'incremental' THEN nullif((SELECT continue_from FROM cursor), '') END
@@ -24,6 +26,10 @@ WITH cursor AS (
 SELECT sync.started_at, resume.continue_from,
        (SELECT max_modified_on FROM cursor) AS max_modified_on,
        (SELECT safe_through FROM cursor) AS safe_through,
+       (SELECT backfill_started_at FROM cursor) AS backfill_started_at,
+       (SELECT backfill_page_size FROM cursor) AS backfill_page_size,
+       (SELECT backfill_pages FROM cursor) AS backfill_pages,
+       (SELECT backfill_done FROM cursor) AS backfill_done,
        EXISTS (SELECT 1 FROM stsync.dead_letters d
                WHERE d.credential_id = $3 AND d.data_type = $4 AND d.resolved_at IS NULL)
            AS open_dead_letters,
@@ -46,6 +52,15 @@ WITH cursor AS (
     ON CONFLICT (credential_id, data_type) DO UPDATE SET
         continue_from = coalesce(excluded.continue_from, stsync.cursors.continue_from),
         max_modified_on = greatest(stsync.cursors.max_modified_on, excluded.max_modified_on),
+        -- The first token after a backfill (its catch-up export's) ends it.
+        backfill_started_at = CASE WHEN excluded.continue_from IS NULL
+                                   THEN stsync.cursors.backfill_started_at END,
+        backfill_page_size = CASE WHEN excluded.continue_from IS NULL
+                                  THEN stsync.cursors.backfill_page_size END,
+        backfill_pages = CASE WHEN excluded.continue_from IS NULL
+                              THEN stsync.cursors.backfill_pages END,
+        backfill_done = CASE WHEN excluded.continue_from IS NULL
+                             THEN stsync.cursors.backfill_done ELSE '{}' END,
         updated_at = now()
 )
 UPDATE stsync.sync_log SET
@@ -306,3 +321,19 @@ FROM stsync.sync_log s
 JOIN stsync.credentials c ON c.id = s.credential_id
 WHERE s.status = 'running' AND ($1::text IS NULL OR c.company_id = $1) AND NOT $3
 HAVING count(*) > 0;
+
+-- name: begin_backfill
+-- A backfill's plan on the pair's cursor ($3: when it began, $4: page size, $5: pages), no page
+-- committed yet; a first sync has no cursor row so far.
+INSERT INTO stsync.cursors (credential_id, data_type, backfill_started_at, backfill_page_size,
+                            backfill_pages)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (credential_id, data_type) DO UPDATE SET
+    backfill_started_at = excluded.backfill_started_at,
+    backfill_page_size = excluded.backfill_page_size,
+    backfill_pages = excluded.backfill_pages, backfill_done = '{}', updated_at = now();
+
+-- name: backfill_pages_done
+-- In a batch's transaction: the list pages ($3) it committed.
+UPDATE stsync.cursors SET backfill_done = backfill_done || $3::integer[]
+WHERE credential_id = $1 AND data_type = $2;

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -83,6 +83,32 @@ class _Plan:
     safe_through: datetime | None  # where a restart by date may begin (None: from the beginning)
     secrets: Mapping[str, Any]  # the credential's encrypted columns
     load: _Load
+    backfill: _Backfill | None = None  # one interrupted part-way, to resume
+
+
+@dataclass(frozen=True)
+class _Backfill:
+    """A backfill's plan, kept on the cursor: the list pages to read and those already committed."""
+
+    started_at: datetime  # the catch-up export starts here, minus the look-back
+    page_size: int
+    pages: int
+    done: frozenset[int] = frozenset()
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> _Backfill | None:
+        if row["backfill_started_at"] is None:
+            return None
+        return cls(
+            row["backfill_started_at"],
+            row["backfill_page_size"],
+            row["backfill_pages"],
+            frozenset(row["backfill_done"] or ()),
+        )
+
+    @property
+    def todo(self) -> list[int]:
+        return [n for n in range(1, self.pages + 1) if n not in self.done]
 
 
 @dataclass
@@ -181,6 +207,54 @@ class SyncControl:
 ProgressCallback = Callable[[SyncProgress], Awaitable[None] | None]
 
 
+def _export_from(moment: datetime) -> str:
+    """An export's `from` as a date: every record modified since then."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _list_pages(
+    tenant: TenantClient,
+    data_type: DataType,
+    page_size: int,
+    numbers: list[int],
+    concurrency: int,
+) -> AsyncGenerator[ExportPage, None]:
+    """The list pages `numbers`, `concurrency` requests in flight (the tenant's rate limiter paces
+    them), yielded as they arrive. A failed request fails the whole (the rest are cancelled); the
+    pages already yielded stay committed and the next sync reads only the others."""
+    if not numbers:
+        return
+    queue: asyncio.Queue[ExportPage] = asyncio.Queue(maxsize=concurrency)
+    pending = iter(numbers)  # shared: each page is taken by one worker
+
+    async def worker() -> None:
+        for number in pending:
+            await queue.put(await tenant.fetch_list_page(data_type, number, page_size))
+
+    workers = [
+        asyncio.create_task(worker(), name=f"stsync-backfill-{data_type.value}-{i}")
+        for i in range(min(concurrency, len(numbers)))
+    ]
+    everyone = asyncio.gather(*workers)
+    try:
+        for _ in numbers:
+            getter = asyncio.ensure_future(queue.get())
+            try:
+                waiting: set[asyncio.Future[Any]] = {getter, everyone}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    everyone.result()  # a worker failed: raise its error
+                    await getter  # all finished fine: their pages are queued
+            finally:
+                getter.cancel()
+            yield getter.result()
+    finally:
+        for task in workers:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await everyone
+
+
 def _unreadable(record: UnreadableRecord) -> Rejected:
     """A record of the page that could not be decoded: a dead letter, kept byte for byte."""
     return Rejected(
@@ -245,6 +319,9 @@ class SyncEngine:
         commit_batch_records: int = 5000,
         instance: str | None = None,
         problems: ProblemReporter | None = None,
+        backfill_min_records: int = 0,
+        backfill_concurrency: int = 8,
+        backfill_page_size: int = 5000,
     ) -> None:
         self._pool = pool
         self._client = client
@@ -253,6 +330,9 @@ class SyncEngine:
         self._batch_records = commit_batch_records
         self._instance = instance
         self._problems = problems
+        self._backfill_min = backfill_min_records  # 0: never
+        self._backfill_concurrency = backfill_concurrency
+        self._backfill_page_size = backfill_page_size
 
     async def synchronize(
         self,
@@ -315,6 +395,7 @@ class SyncEngine:
                         direct=start is None and not started["has_records"],
                         open_letters=started["open_dead_letters"],
                     ),
+                    _Backfill.from_row(started),
                 )
             except DB_ERRORS as exc:
                 raise DatabaseError(f"cannot start sync: {describe_db_error(exc)}") from None
@@ -531,11 +612,31 @@ class SyncEngine:
         tenant = self._client.tenant(access)
         shape = new_batch(request.data_type).shape
         start = plan.start
+        safe_through = plan.safe_through
+        backfilled = False
+        if start is None and self._backfill_min > 0:
+            backfill = plan.backfill or await self._plan_backfill(conn, tenant, request, result)
+            if backfill is not None:
+                await self._backfill(
+                    conn, tenant, request, result, backfill, load, progress, clock0
+                )
+                # Catch up with every change made since it began; the export's token takes over.
+                safe_through = backfill.started_at
+                start = _export_from(backfill.started_at - RESTART_LOOKBACK)
+                backfilled = True
         restarts = 0
         while True:
-            load.from_beginning = start is None
+            load.from_beginning = start is None or backfilled
             try:
-                await self._drain(conn, tenant, request, result, start, load, progress, clock0)
+                await self._drain(
+                    conn,
+                    request,
+                    result,
+                    tenant.export(request.data_type, start),
+                    load,
+                    progress,
+                    clock0,
+                )
                 break
             except ExportTokenInvalidError:
                 restarts += 1
@@ -543,11 +644,7 @@ class SyncEngine:
                     raise
             # A refused token (expired, or reset by ServiceTitan): restart by date from the last
             # pass that completed, whatever order the export was in, else from the beginning.
-            start = (
-                (plan.safe_through - RESTART_LOOKBACK).strftime("%Y-%m-%dT%H:%M:%SZ")
-                if plan.safe_through
-                else None
-            )
+            start = _export_from(safe_through - RESTART_LOOKBACK) if safe_through else None
             log_event(
                 logger,
                 logging.WARNING,
@@ -562,20 +659,97 @@ class SyncEngine:
             # The planner has never seen these rows; later merges and status queries need it to.
             await record_tables.analyze(conn, shape.table)
 
-    async def _drain(
+    async def _plan_backfill(
         self,
         conn: asyncpg.Connection,
         tenant: TenantClient,
         request: SyncRequest,
         result: SyncResult,
-        start: str | None,
+    ) -> _Backfill | None:
+        """A backfill when the tenant is large enough (the list's totalCount), recorded on the
+        cursor before its first page so that an interruption resumes it; else None."""
+        began = datetime.now(UTC)
+        total = await tenant.count_changed(request.data_type, None)
+        if total < self._backfill_min:
+            return None
+        size = self._backfill_page_size
+        backfill = _Backfill(began, size, max(1, -(-total // size)))
+        await sync_log.begin_backfill(
+            conn,
+            request.credential.id,
+            request.data_type.value,
+            started_at=began,
+            page_size=size,
+            pages=backfill.pages,
+        )
+        log_event(
+            logger,
+            logging.INFO,
+            "sync.backfill_started",
+            sync_id=result.sync_id,
+            credential_id=request.credential.id,
+            data_type=request.data_type,
+            records=total,
+            pages=backfill.pages,
+            page_size=size,
+            concurrency=self._backfill_concurrency,
+        )
+        return backfill
+
+    async def _backfill(
+        self,
+        conn: asyncpg.Connection,
+        tenant: TenantClient,
+        request: SyncRequest,
+        result: SyncResult,
+        backfill: _Backfill,
         load: _Load,
         progress: ProgressCallback | None,
         clock0: float,
     ) -> None:
-        """Commit batch after batch from `start` to the end of the export."""
+        """Read the pages not committed yet, several in flight; commit each as it arrives."""
+        todo = backfill.todo
+        if backfill.done:
+            log_event(
+                logger,
+                logging.INFO,
+                "sync.backfill_resumed",
+                sync_id=result.sync_id,
+                credential_id=request.credential.id,
+                data_type=request.data_type,
+                pages_left=len(todo),
+                pages=backfill.pages,
+            )
+        load.from_beginning = True
+        pages = _list_pages(
+            tenant, request.data_type, backfill.page_size, todo, self._backfill_concurrency
+        )
+        await self._drain(conn, request, result, pages, load, progress, clock0)
+        log_event(
+            logger,
+            logging.INFO,
+            "sync.backfill_finished",
+            sync_id=result.sync_id,
+            credential_id=request.credential.id,
+            data_type=request.data_type,
+            pages=len(todo),
+            records=result.records_processed,
+            seconds=round(time.monotonic() - clock0, 3),
+        )
+
+    async def _drain(
+        self,
+        conn: asyncpg.Connection,
+        request: SyncRequest,
+        result: SyncResult,
+        pages: AsyncIterator[ExportPage],
+        load: _Load,
+        progress: ProgressCallback | None,
+        clock0: float,
+    ) -> None:
+        """Commit batch after batch of `pages` (an export, or a backfill's list pages) to the end."""
         async with contextlib.aclosing(
-            self._batches(tenant, request.data_type, start, result.timings)
+            self._batches(pages, request.data_type, result.timings)
         ) as batches:
             async for batch in batches:
                 await self._commit(conn, request, result, batch, load)
@@ -589,14 +763,12 @@ class SyncEngine:
 
     async def _batches(
         self,
-        tenant: TenantClient,
+        export: AsyncIterator[ExportPage],
         data_type: DataType,
-        start: str | None,
         timings: dict[str, float],
     ) -> AsyncGenerator[Batch, None]:
         """Coalesce pages into batches while the next pages download (decode overlaps writes)."""
         queue: asyncio.Queue[ExportPage | None] = asyncio.Queue(maxsize=_PREFETCH_PAGES)
-        export = tenant.export(data_type, start)
 
         async def produce() -> None:
             clock = time.perf_counter()
@@ -640,6 +812,7 @@ class SyncEngine:
                     page.continue_from,
                     page.nbytes,
                     [_unreadable(u) for u in page.unreadable] if page.unreadable else (),
+                    page.number,
                 )
                 page = None  # the parsed records are rows now; free them before waiting
                 timings["convert"] += time.perf_counter() - clock
@@ -811,6 +984,7 @@ class SyncEngine:
                 else ()
             ),
             rejected=[(r.record_id, r.reason, r.raw, r.jsonb_ok) for r in batch.rejected],
+            list_pages=batch.list_pages,
         )
         if batch.rejected:
             load.open_letters = True

@@ -9,7 +9,7 @@ record as received.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -236,6 +236,7 @@ class Batch:
     nbytes: int = 0
     continue_from: str | None = None
     max_modified: datetime | None = None
+    list_pages: list[int] = field(default_factory=list)  # a backfill's page numbers in the batch
 
     def add_page(
         self,
@@ -243,6 +244,7 @@ class Batch:
         continue_from: str | None,
         nbytes: int = 0,
         unreadable: Sequence[Rejected] = (),
+        list_page: int | None = None,
     ) -> None:
         """Convert a page now, so that only compact rows (payload as JSON bytes) stay in memory.
 
@@ -281,6 +283,8 @@ class Batch:
         self.pages += 1
         self.nbytes += nbytes
         self.continue_from = continue_from
+        if list_page is not None:
+            self.list_pages.append(list_page)
 
     @property
     def size(self) -> int:
