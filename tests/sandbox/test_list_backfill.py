@@ -97,6 +97,10 @@ async def test_offset_paging_while_records_change(sandbox: Sandbox, client: StCl
     assert await ids(2, active="Any") == any_before[10:20]
     last = (await client.get(path, {"active": "Any", "sort": "-Id", "pageSize": "1"})).json()
     assert last["data"][0]["id"] == created
+    # Newest first, a new record pushes everything one forward: page 1's last record opens page 2.
+    newest = await ids(1, active="Any", sort="-Id")
+    dataset.create(1)
+    assert (await ids(2, active="Any", sort="-Id"))[0] == newest[-1]
     # By ModifiedOn, a change moves the record to the end: later pages shift back by one.
     by_modified = await ids(1, sort="+ModifiedOn", active="Any")
     dataset.touch(by_modified[0])
@@ -202,3 +206,21 @@ async def test_fault_rules_by_endpoint_through_the_admin_api(
     async with client.session.put(url, json=bad) as response:
         assert response.status == 400
         assert "token endpoint" in (await response.text())
+
+
+async def test_lists_show_changes_at_once_while_exports_delay_them(
+    sandbox: Sandbox, client: StClient
+) -> None:
+    sandbox.update_settings(visibility_delay_seconds=900)
+    started = format_ticks(now_ticks() - 10_000_000)
+    (changed,) = (await sandbox.mutate(1, PROD, CUSTOMERS, modify=1)).modified
+    listed = await client.get(
+        client.path(CUSTOMERS, export=False), {"ids": str(changed), "active": "Any"}
+    )
+    (record,) = listed.json()["data"]
+    assert record["modifiedOn"] > "2025"  # the new version, not the base record's
+    hidden = (await client.export_page(CUSTOMERS, started)).json()
+    assert hidden["data"] == []
+    recent = (await client.export_page(CUSTOMERS, started, includeRecentChanges="true")).json()
+    assert [r["id"] for r in recent["data"]] == [changed]
+    assert recent["data"][0] == record
