@@ -211,9 +211,8 @@ class Dataset:
         self._base = self._base_modified if order is ExportOrder.MODIFIED else self._base_unsorted
         self._base_digest = None
         self._base_max_ticks = None
-        self._by_created = (
-            None  # base createdOn follows modifiedOn; active does not depend on order
-        )
+        # Base createdOn follows the order's modifiedOn; whether a record is active does not.
+        self._by_created = None
         self.listings.clear()
         self.invalidate_tokens()
 
@@ -443,7 +442,7 @@ class Dataset:
         return self._by_created
 
     def iter_by_id(self, reverse: bool = False) -> Iterator[int]:
-        """Every id in id order (also createdOn order: new records get the newest createdOn)."""
+        """Every id in id order (not createdOn order for base records: see `base_ids_by_created`)."""
         ids = range(self._id_base + 1, self._id_base + 1 + self.total)
         return iter(reversed(ids) if reverse else ids)
 

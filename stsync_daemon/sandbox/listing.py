@@ -1,9 +1,9 @@
 """Pages of the list endpoints (`GET …/customers`, `GET …/invoices`): offset paging, filters, sorts.
 
 A page is `page`/`pageSize` positions into the records that match *at the moment of the request*, as an
-SQL `OFFSET … LIMIT` over the live table would give; nothing is held between requests. So, as with any
-page-numbered API (ServiceTitan's lists are), a listing read page by page while the data changes is not a
-snapshot:
+SQL `OFFSET … LIMIT` over the live table would give; nothing is held between requests. So, as with
+any page-numbered API (ServiceTitan's lists are), a listing read page by page while the data changes
+is not a snapshot:
 
 - a record that stops matching a filter (a customer deactivated under the default `active=True`) moves
   every later record one position back: the record at the start of the next page is never served;
@@ -12,8 +12,8 @@ snapshot:
   the last record of a page is served again at the top of the next;
 - under `sort=±ModifiedOn` every modification moves the record to the newest end, so both happen.
   `active=Any` with `sort=+Id` (or `+CreatedOn`) is what new and changed records cannot disturb: they
-  either keep their place or land after everything read so far. Changes made while reading are found afterwards by
-  an export `from` a time before the listing started.
+  either keep their place or land after everything read so far. Changes made while reading are found
+  afterwards by an export `from` a time before the listing started.
 
 Lists show every change at once: the export's visibility delay (`visibility_delay_seconds`, unless
 `includeRecentChanges=true`) does not apply to them.
