@@ -164,9 +164,8 @@ async def test_latency_and_faults_can_aim_at_the_list_endpoints(
     start = time.monotonic()
     assert (await client.get(customers_list)).status == 200
     assert time.monotonic() - start >= 0.3
-    start = time.monotonic()
     assert (await client.export_page(CUSTOMERS)).status == 200
-    assert time.monotonic() - start < 0.3
+    # Counted, not timed (a loaded machine may be slow anyway): only the list was delayed.
     assert sandbox.counters().faults[(1, PROD, FaultKind.LATENCY)] == 1
 
     sandbox.set_faults(FaultRule(endpoint=EndpointKind.CUSTOMERS_LIST, server_error_share=1.0))
