@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from ..enums import Environment
 from ..errors import ConfigError
 from .models import (
+    EndpointKind,
     FaultRule,
     SandboxConfig,
     TenantSpec,
@@ -143,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SHARE",
         help="exports answering hasMore with the token they were given, and no data",
     )
+    faults.add_argument(
+        "--fault-endpoint",
+        choices=[kind.value for kind in EndpointKind if kind is not EndpointKind.TOKEN],
+        help="apply these faults to one kind of endpoint only (default: every API endpoint)",
+    )
     faults.add_argument("--fault-seed", type=int, help="seed of the fault draws (default: --seed)")
     add("--json", action="store_true", help="print the sandbox info as one JSON line when ready")
     add("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -202,9 +208,10 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
             repeat_token_share=args.fault_repeat_token,
             latency_ms=args.latency_ms,
             latency_jitter_ms=args.latency_jitter_ms,
+            endpoint=args.fault_endpoint,
             seed=args.fault_seed if args.fault_seed is not None else seed,
         )
-        if rule != FaultRule(seed=rule.seed):
+        if rule != FaultRule(seed=rule.seed, endpoint=rule.endpoint):
             data["faults"] = (*data.get("faults", ()), rule)
         return SandboxConfig.model_validate(data)
     except ValidationError as exc:

@@ -11,7 +11,7 @@ import base64
 import binascii
 import math
 import os
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import NamedTuple
 
 import orjson
@@ -21,6 +21,7 @@ from ..enums import DataType, Environment
 from .auth import SCOPE
 from .clock import now_ticks, parse_datetime
 from .dataset import Dataset, InvalidToken, Key
+from .listing import ListQuery, SortField, select
 from .models import EndpointKind, ExportOrder, FaultKind
 from .state import SandboxState
 
@@ -38,6 +39,8 @@ _PROBLEM_TYPES = {
     500: "https://tools.ietf.org/html/rfc7231#section-6.6.1",
 }
 MAINTENANCE_TITLE = "The service is suspended for maintenance. Please try again later."
+# The largest pageSize the list endpoints accept (the API documents "up to 5000").
+MAX_PAGE_SIZE = 5000
 INVALID_TOKEN_TITLE = "The continuation token is invalid or has expired."
 FORBIDDEN_TITLE = "Provided authentication is insufficient to grant access"
 
@@ -127,18 +130,18 @@ def _ids(query: Mapping[str, str]) -> list[int] | None:
     return ids
 
 
-def render_list(dataset: Dataset, query: Mapping[str, str]) -> bytes:
-    """A page of the list endpoint: filters, sort and offset paging, all computed on the fly."""
-    page = _int(query, "page", 1, 1, 2**31 - 1)
-    page_size = _int(query, "pageSize", 50, 1, 5000)
-    include_total = bool(_bool(query, "includeTotal"))
-    ids = _ids(query)
-    modified_from = _date(query, "modifiedOnOrAfter")
-    modified_before = _date(query, "modifiedBefore")
-    created_from = _date(query, "createdOnOrAfter")
-    created_before = _date(query, "createdBefore")
+_SORT_FIELDS = {field.value.lower(): field for field in SortField}
+
+
+def parse_list_query(data_type: DataType, query: Mapping[str, str]) -> ListQuery:
+    """The list endpoint's parameters, as the spec names them; BadRequest names the first bad one.
+
+    Customers take `active` (`True` by default, `False`, `Any`); invoices take `activeState`
+    (`All` by default, `ActiveOnly`, `InactiveOnly`). Parameters the sandbox does not model are
+    ignored, as the API ignores unknown ones.
+    """
     want_active: bool | None
-    if dataset.data_type is DataType.CUSTOMERS:
+    if data_type is DataType.CUSTOMERS:
         active_raw = (query.get("active") or "True").lower()
         if active_raw not in ("true", "false", "any"):
             raise BadRequest("active", f"The value '{query.get('active')}' is not valid.")
@@ -148,56 +151,45 @@ def render_list(dataset: Dataset, query: Mapping[str, str]) -> bytes:
         if state_raw not in ("activeonly", "inactiveonly", "all"):
             raise BadRequest("activeState", f"The value '{query.get('activeState')}' is not valid.")
         want_active = None if state_raw == "all" else state_raw == "activeonly"
+    # `sort=+Id` arrives as " Id" when the client does not escape the plus.
     sort = (query.get("sort") or "+Id").strip()
-    descending = sort.startswith("-")
-    field = sort.lstrip("+- ").lower()
-    if field not in ("id", "modifiedon", "createdon"):
+    field = _SORT_FIELDS.get(sort.lstrip("+- ").lower())
+    if field is None:
         raise BadRequest(
             "sort",
             f"Sorting by '{sort}' is not supported. Available fields: Id, ModifiedOn, CreatedOn.",
         )
+    ids = _ids(query)
+    return ListQuery(
+        page=_int(query, "page", 1, 1, 2**31 - 1),
+        page_size=_int(query, "pageSize", 50, 1, MAX_PAGE_SIZE),
+        include_total=bool(_bool(query, "includeTotal")),
+        ids=None if ids is None else tuple(ids),
+        active=want_active,
+        modified_from=_date(query, "modifiedOnOrAfter"),
+        modified_before=_date(query, "modifiedBefore"),
+        created_from=_date(query, "createdOnOrAfter"),
+        created_before=_date(query, "createdBefore"),
+        sort=field,
+        descending=sort.startswith("-"),
+    )
 
-    candidates: Iterable[int]
-    if ids is not None:
-        existing = {i for i in ids if dataset.index_of(i) is not None}
-        if field == "modifiedon":
-            candidates = sorted(existing, key=dataset.key_of, reverse=descending)
-        else:
-            candidates = sorted(existing, reverse=descending)
-    elif field == "modifiedon":
-        candidates = dataset.iter_by_modified(descending)
-    else:
-        candidates = dataset.iter_by_id(descending)
 
-    skip = (page - 1) * page_size
-    out: list[int] = []
-    matched = 0
-    has_more = False
-    for record_id in candidates:
-        ticks, active, _, created = dataset.state(record_id)
-        if (
-            (want_active is not None and active is not want_active)
-            or (modified_from is not None and ticks < modified_from)
-            or (modified_before is not None and ticks >= modified_before)
-            or (created_from is not None and created < created_from)
-            or (created_before is not None and created >= created_before)
-        ):
-            continue
-        if matched < skip:
-            pass
-        elif len(out) < page_size:
-            out.append(record_id)
-        else:
-            has_more = True
-            if not include_total:
-                break
-        matched += 1
-    total = str(matched) if include_total else "null"
-    data = ",".join(dataset.render_page(out))
-    return (
-        f'{{"page":{page},"pageSize":{page_size},"hasMore":{"true" if has_more else "false"},'
-        f'"totalCount":{total},"data":[{data}]}}'
-    ).encode()
+def render_list(dataset: Dataset, query: Mapping[str, str]) -> bytes:
+    """A page of the list endpoint (see `listing` for its cost and its consistency while data changes)."""
+    parsed = parse_list_query(dataset.data_type, query)
+    page = select(dataset, parsed)
+    head = (
+        f'{{"page":{parsed.page},"pageSize":{parsed.page_size},'
+        f'"hasMore":{"true" if page.has_more else "false"},'
+        f'"totalCount":{page.total if parsed.include_total else "null"},"data":['
+    )
+    parts = dataset.render_page(page.ids)
+    if not parts:
+        return f"{head}]}}".encode()
+    parts[0] = head + parts[0]
+    parts[-1] += "]}"
+    return ",".join(parts).encode()
 
 
 async def render_export(
@@ -376,7 +368,7 @@ def api_handler(data_type: DataType, export: bool) -> Handler:
         tenant = state.tenants.get((environment, tenant_id))
         if claims.tenant_id != tenant_id or tenant is None:
             return problem(403, FORBIDDEN_TITLE)
-        decision = state.faults.decide(tenant_id, environment, data_type)
+        decision = state.faults.decide(tenant_id, environment, data_type, kind)
         if decision.delay:
             state.accounting.fault(tenant_id, environment, FaultKind.LATENCY)
             await asyncio.sleep(decision.delay)

@@ -17,7 +17,9 @@ import hashlib
 import random
 import re
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,6 +145,12 @@ class Dataset:
         self._base_digest: int | None = None
         self._base_active_count = 0
         self._base_max_ticks: int | None = None
+        # List endpoint indexes, built on first use: the inactive ids (kept sorted as records change),
+        # the base ids in creation order (fixed: createdOn never changes), and materialised listings
+        # by filter (generation, ids), for `listing`.
+        self._inactive: list[int] | None = None
+        self._by_created: array[int] | None = None
+        self.listings: OrderedDict[Hashable, tuple[int, array[int]]] = OrderedDict()
         self.order = ExportOrder.MODIFIED
         # The generator of base records for the current order (an attribute, not a branch per record).
         self._base: Callable[[int], tuple[int, bool, int, int]] = self._base_modified
@@ -203,6 +211,9 @@ class Dataset:
         self._base = self._base_modified if order is ExportOrder.MODIFIED else self._base_unsorted
         self._base_digest = None
         self._base_max_ticks = None
+        # Base createdOn follows the order's modifiedOn; whether a record is active does not.
+        self._by_created = None
+        self.listings.clear()
         self.invalidate_tokens()
 
     def _base_key(self, index: int) -> Key:
@@ -404,8 +415,34 @@ class Dataset:
             if record_id not in overrides:
                 yield record_id
 
+    def inactive_ids(self) -> list[int]:
+        """Every inactive id, ascending (built by one pass on first use, then kept up to date)."""
+        if self._inactive is None:
+            base = self._base
+            id_base = self._id_base + 1
+            overrides = self.overrides
+            self._inactive = [
+                id_base + index
+                for index in range(self.total)
+                if not (
+                    overrides[id_base + index].active
+                    if id_base + index in overrides
+                    else base(index)[1]
+                )
+            ]
+        return self._inactive
+
+    def base_ids_by_created(self) -> array[int]:
+        """The base records' ids in (createdOn, id) order; records created later follow them all."""
+        if self._by_created is None:
+            base = self._base
+            id_base = self._id_base + 1
+            order = sorted(range(self.base_count), key=lambda index: (base(index)[2], index))
+            self._by_created = array("q", (id_base + index for index in order))
+        return self._by_created
+
     def iter_by_id(self, reverse: bool = False) -> Iterator[int]:
-        """Every id in id order (also createdOn order: new records get the newest createdOn)."""
+        """Every id in id order (not createdOn order for base records: see `base_ids_by_created`)."""
         ids = range(self._id_base + 1, self._id_base + 1 + self.total)
         return iter(reversed(ids) if reverse else ids)
 
@@ -477,6 +514,14 @@ class Dataset:
     def _log(self, record_id: int, active: bool, *, new: bool = False) -> None:
         ticks = self._clock()
         previous = self.overrides.get(record_id)
+        inactive = self._inactive
+        if inactive is not None:
+            at = bisect.bisect_left(inactive, record_id)
+            listed = at < len(inactive) and inactive[at] == record_id
+            if listed and active:
+                del inactive[at]
+            elif not listed and not active:
+                inactive.insert(at, record_id)
         if previous is not None:
             version, created = previous.version + 1, previous.created_ticks
         elif new:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..enums import DataType, Environment
-from .models import FaultKind, FaultRule
+from .models import EndpointKind, FaultKind, FaultRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,13 @@ class FaultInjector:
         self.rules = tuple(rules)
         self._rngs = [random.Random(rule.seed) for rule in self.rules]
 
-    def decide(self, tenant_id: int, environment: Environment, data_type: DataType) -> Decision:
+    def decide(
+        self,
+        tenant_id: int,
+        environment: Environment,
+        data_type: DataType,
+        endpoint: EndpointKind | None = None,
+    ) -> Decision:
         """Draw the fate of one API request."""
         if not self.rules:
             return NO_FAULT
@@ -43,6 +49,7 @@ class FaultInjector:
                 (rule.tenant_id is not None and rule.tenant_id != tenant_id)
                 or (rule.environment is not None and rule.environment is not environment)
                 or (rule.data_type is not None and rule.data_type is not data_type)
+                or (rule.endpoint is not None and rule.endpoint is not endpoint)
             ):
                 continue
             draw, jitter = rng.random(), rng.random()

@@ -76,7 +76,9 @@ class FaultRule(_Frozen):
     """Failures injected into API calls (never into the token endpoint or the admin API).
 
     Shares are probabilities per request, drawn from `random.Random(seed)`, so a run can be replayed.
-    A rule applies to every tenant unless `tenant_id`/`environment`/`data_type` narrow it.
+    A rule applies to every API request unless `tenant_id`/`environment`/`data_type`/`endpoint`
+    narrow it (`endpoint`: one of the request counters' kinds, e.g. `customers_list`, so that the list
+    and export endpoints can fail separately; never `token`).
     `repeat_token_share` only affects exports: `hasMore: true`, no data and the very `from` it was
     given as `continueFrom` (a token for the start when none was given), as a stuck API would.
     """
@@ -84,6 +86,7 @@ class FaultRule(_Frozen):
     tenant_id: int | None = None
     environment: Environment | None = None
     data_type: DataType | None = None
+    endpoint: EndpointKind | None = None
     rate_limit_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     server_error_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     maintenance_share: Annotated[float, Field(ge=0, le=1)] = 0.0
@@ -93,6 +96,12 @@ class FaultRule(_Frozen):
     latency_ms: Annotated[float, Field(ge=0, le=600_000)] = 0.0
     latency_jitter_ms: Annotated[float, Field(ge=0, le=600_000)] = 0.0
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _api_only(self) -> FaultRule:
+        if self.endpoint is EndpointKind.TOKEN:
+            raise ValueError("faults are never injected into the token endpoint")
+        return self
 
 
 class SandboxConfig(_Frozen):

@@ -99,6 +99,18 @@ def test_fault_test_options() -> None:
     defaults = config_from_args(build_parser().parse_args([]))
     assert defaults.export_order == "modified" and defaults.export_token_ttl_seconds is None
     assert defaults.faults == ()
+    aimed = config_from_args(
+        build_parser().parse_args(["--fault-500", "1", "--fault-endpoint", "invoices_list"])
+    )
+    assert aimed.faults[-1].endpoint == "invoices_list"
+    assert aimed.faults[-1].server_error_share == 1
+    # An endpoint alone injects nothing: no rule.
+    assert (
+        config_from_args(build_parser().parse_args(["--fault-endpoint", "customers_list"])).faults
+        == ()
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--fault-endpoint", "token"])
 
 
 async def test_runs_demo_tenants_and_stops_on_sigterm() -> None:

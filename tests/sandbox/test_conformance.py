@@ -17,11 +17,14 @@ import aiohttp
 import orjson
 import pytest
 from openapi_core import Config, OpenAPI
+from openapi_core.exceptions import OpenAPIError
 from openapi_core.testing import MockRequest, MockResponse
 from openapi_core.validation.response.exceptions import InvalidData
 
 from stsync_daemon.enums import DataType
 from stsync_daemon.sandbox import FaultRule, Sandbox
+from stsync_daemon.sandbox.api import parse_list_query
+from stsync_daemon.sandbox.listing import SortField
 
 from .conftest import CUSTOMERS, INVOICES, StClient, make_config, spec
 
@@ -144,3 +147,97 @@ async def test_error_responses_conform(
         assert reply.headers["Content-Type"].startswith("application/problem+json")
         # Only 400 is documented; every error status uses the same ApiErrorResponse schema.
         _validate(documents[CUSTOMERS], path, params, 400, reply.json())
+
+
+def _list_operation(data_type: DataType) -> dict[str, Any]:
+    name, path = (
+        ("crm-v2.json", "/tenant/{tenant}/customers")
+        if data_type is CUSTOMERS
+        else ("accounting-v2.json", "/tenant/{tenant}/invoices")
+    )
+    document = json.loads((SPECS / name).read_text())
+    operation: dict[str, Any] = document["paths"][path]["get"]
+    operation["components"] = document["components"]
+    return operation
+
+
+class _Recording(dict[str, str]):
+    """Query parameters that note every name looked up."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.read.add(key)
+        return super().get(key, default)
+
+
+@pytest.mark.parametrize("data_type", [CUSTOMERS, INVOICES])
+def test_list_parameters_are_the_specs(
+    documents: dict[DataType, OpenAPI], data_type: DataType
+) -> None:
+    operation = _list_operation(data_type)
+    declared = {p["name"]: p for p in operation["parameters"] if p["in"] == "query"}
+    query = _Recording({})
+    parse_list_query(data_type, query)
+    assert query.read <= set(declared), query.read - set(declared)
+    expected = {"page", "pageSize", "includeTotal", "ids", "sort"}
+    expected |= {"modifiedOnOrAfter", "modifiedBefore", "createdOnOrAfter", "createdBefore"}
+    expected |= {"active"} if data_type is CUSTOMERS else {"activeState"}
+    assert query.read == expected
+    # Every documented value of the active filter is understood.
+    name = "active" if data_type is CUSTOMERS else "activeState"
+    enum_ref = declared[name]["schema"]["oneOf"][0]["$ref"].rsplit("/", 1)[1]
+    values = operation["components"]["schemas"][enum_ref]["enum"]
+    assert len(values) == 3
+    assert len({parse_list_query(data_type, {name: v}).active for v in values}) == 3
+    if data_type is CUSTOMERS:
+        fields = declared["sort"]["description"].split("Available fields are:")[1]
+        assert {f.strip(" .") for f in fields.split(",")} == {f.value for f in SortField}
+
+
+LIST_QUERIES: list[dict[str, str]] = [
+    {"page": "2", "pageSize": "30", "includeTotal": "true", "sort": "-Id"},
+    {"sort": "+ModifiedOn", "modifiedOnOrAfter": "2019-01-01T00:00:00Z", "includeTotal": "false"},
+    {"sort": "-CreatedOn", "createdOnOrAfter": "2018-06-01T00:00:00Z"},
+    {"modifiedBefore": "2022-01-01T00:00:00.1234567Z", "createdBefore": "2021-01-01T00:00:00Z"},
+    {"ids": "10000003,10000001,50000002,50000001", "sort": "+CreatedOn"},
+]
+
+
+@pytest.mark.filterwarnings("ignore:Unsupported scheme type")  # openapi-core and oauth2 security
+@pytest.mark.parametrize("data_type", [CUSTOMERS, INVOICES])
+async def test_list_requests_and_responses_conform(
+    documents: dict[DataType, OpenAPI],
+    big_sandbox: Sandbox,
+    session: aiohttp.ClientSession,
+    data_type: DataType,
+) -> None:
+    client = StClient(big_sandbox, session, big_sandbox.config.tenants[0])
+    path = client.path(data_type, export=False)
+    headers = {"ST-App-Key": "ak", "Authorization": "token"}
+    actives = (
+        [{"active": v} for v in ("True", "False", "Any")]
+        if data_type is CUSTOMERS
+        else [{"activeState": v} for v in ("ActiveOnly", "InactiveOnly", "All")]
+    )
+    for params in [*LIST_QUERIES, *actives]:
+        documents[data_type].validate_request(
+            MockRequest(HOST, "get", path, args=params, headers=headers)
+        )
+        reply = await client.get(path, params)
+        assert reply.status == 200, (params, reply.body)
+        body = reply.json()
+        assert body["data"], params
+        assert (body["totalCount"] is not None) is (params.get("includeTotal") == "true")
+        _validate(documents[data_type], path, params, 200, _patch_documented_nulls(body)[0])
+    # What the spec refuses, the sandbox refuses with a 400 naming the parameter.
+    name = "active" if data_type is CUSTOMERS else "activeState"
+    for params in ({"page": "x"}, {"modifiedOnOrAfter": "yesterday"}, {name: "Sometimes"}):
+        with pytest.raises(OpenAPIError):
+            documents[data_type].validate_request(
+                MockRequest(HOST, "get", path, args=params, headers=headers)
+            )
+        reply = await client.get(path, params)
+        assert reply.status == 400 and list(reply.json()["errors"]) == list(params), reply.body
