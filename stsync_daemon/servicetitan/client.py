@@ -61,6 +61,12 @@ _WHAT = {
     "list_customers": "the customers list",
     "list_invoices": "the invoices list",
 }
+# What makes a list return inactive records too: the customers list hides them by default, and the
+# invoices list says nothing of its default (`activeState`), so both ask.
+_EVERY_RECORD: dict[DataType, dict[str, str]] = {
+    DataType.CUSTOMERS: {"active": "Any"},
+    DataType.INVOICES: {"activeState": "All"},
+}
 _BAD_CLIENT_ERRORS = {"invalid_client", "unauthorized_client", "invalid_grant"}
 # Answers in a row that say "more" but give back the token they were asked with: the export is stuck.
 _MAX_REPEATED_TOKENS = 3
@@ -755,13 +761,12 @@ class TenantClient:
     async def fetch_list_page(self, data_type: DataType, number: int, page_size: int) -> ExportPage:
         """Page `number` of the whole list in id order: what a backfill reads, several at a time.
 
-        Inactive customers included (`active=Any`); the invoices list has every invoice. Records
+        Inactive records included (see `_EVERY_RECORD`). Records
         created meanwhile get higher ids and land after the pages a backfill planned; the export
         that follows it brings them.
         """
         params = {"page": str(number), "pageSize": str(page_size), "sort": "+Id"}
-        if data_type is DataType.CUSTOMERS:
-            params["active"] = "Any"
+        params.update(_EVERY_RECORD[data_type])
         endpoint = f"list_{data_type.value}"
         decoded = await self._client._get_json(
             self, endpoint, _LIST_PATHS[data_type], params, export=True
@@ -788,8 +793,7 @@ class TenantClient:
         params = {"pageSize": "1", "includeTotal": "true"}
         if since is not None:
             params["modifiedOnOrAfter"] = _iso_utc(since)
-        if data_type is DataType.CUSTOMERS:
-            params["active"] = "Any"  # the customers list hides inactive ones by default
+        params.update(_EVERY_RECORD[data_type])
         endpoint = f"list_{data_type.value}"
         doc = (await self._client._get_json(self, endpoint, _LIST_PATHS[data_type], params)).doc
         total = doc.get("totalCount") if isinstance(doc, dict) else None
