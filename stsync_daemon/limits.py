@@ -24,6 +24,7 @@ RUNS_LIMIT_DEFAULT = 20  # `stsyncctl runs` and `GET /v1/runs` without a limit
 RUNS_LIMIT_MAX = 10_000  # the server answers at most this many runs
 DEAD_LETTERS_LIMIT_MAX = 10_000
 BIGINT_MAX = 2**63 - 1
+ID_PREFIX_MIN = 4  # hex digits of an id prefix (`credentials show 3f2b`), as git's shortest
 
 # The validated types, for pydantic models (config and protocol alike).
 Concurrency = Annotated[int, Field(ge=MAX_CONCURRENT_MIN, le=MAX_CONCURRENT_MAX)]

@@ -160,27 +160,35 @@ FROM stsync.dead_letters WHERE resolved_at IS NULL
 GROUP BY environment, data_type;
 
 -- name: select_syncs
--- Syncs matching the status filters, newest first, at most $6.
+-- Syncs matching the status filters, newest first, at most $8. Failed means every status a retry
+-- picks up (failed, timed_out, interrupted: the partial index sync_log_failed_idx).
 SELECT s.* FROM stsync.sync_view s
 WHERE ($1::text IS NULL OR s.company_id = $1)
   AND (NOT $2 OR s.status = 'running')
-  AND (NOT $3 OR s.status = 'failed')
+  AND (NOT $3 OR s.status IN ('failed', 'timed_out', 'interrupted'))
   AND ($4::timestamptz IS NULL OR s.started_at >= $4)
   AND ($5::uuid IS NULL OR s.run_id = $5)
+  AND ($6::text IS NULL OR s.environment = $6)
+  AND ($7::text IS NULL OR s.data_type = $7)
 ORDER BY s.started_at DESC
-LIMIT $6;
+LIMIT $8;
 
 -- name: summarize_syncs
--- Counts, records and mean duration per status over the syncs matching the filters.
+-- Counts, records and mean duration per status over the syncs matching the status filters ($1..$7
+-- as select_syncs). The credentials are read only for a company or environment filter.
 SELECT s.status, count(*) AS n, sum(s.records_processed) AS records,
        sum(s.records_failed) AS failed_records,
        avg(extract(epoch FROM s.completed_at - s.started_at)) AS mean_seconds
 FROM stsync.sync_log s
-JOIN stsync.credentials c ON c.id = s.credential_id
-WHERE ($1::text IS NULL OR c.company_id = $1)
+WHERE (($1::text IS NULL AND $6::text IS NULL)
+       OR s.credential_id IN (SELECT c.id FROM stsync.credentials c
+                              WHERE ($1::text IS NULL OR c.company_id = $1)
+                                AND ($6::text IS NULL OR c.environment = $6)))
   AND (NOT $2 OR s.status = 'running')
-  AND (NOT $3 OR s.status = 'failed')
+  AND (NOT $3 OR s.status IN ('failed', 'timed_out', 'interrupted'))
   AND ($4::timestamptz IS NULL OR s.started_at >= $4)
+  AND ($5::uuid IS NULL OR s.run_id = $5)
+  AND ($7::text IS NULL OR s.data_type = $7)
 GROUP BY s.status;
 
 -- name: finished_syncs_of_run
@@ -228,3 +236,12 @@ LEFT JOIN stsync.sync_log s
        ON s.credential_id = c.id AND s.data_type = d.data_type AND s.started_at >= $1
 GROUP BY c.id, c.company_id, co.name, c.environment, d.data_type
 ORDER BY co.name, c.environment, d.data_type;
+
+-- name: resolve_sync_id
+-- How many sync ids lie between $1 and $2 (an id prefix's range), and one of them.
+SELECT count(*) AS n, (array_agg(id))[1] AS id
+FROM stsync.sync_log WHERE id BETWEEN $1 AND $2;
+
+-- name: select_sync
+-- One sync, as the sync view shows it.
+SELECT s.* FROM stsync.sync_view s WHERE s.id = $1;
