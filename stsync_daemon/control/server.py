@@ -331,7 +331,8 @@ class ControlServer:
             raise web.HTTPBadRequest(reason=f"{key} {value!r}: {exc}") from None
 
     async def _credential_id(self, request: web.Request) -> uuid.UUID:
-        return await self._store.resolve(self._ref(request))
+        ref = self._ref(request)
+        return await self._store.resolve(ref)
 
     # -- handlers --------------------------------------------------------------------------
 
@@ -340,8 +341,7 @@ class ControlServer:
 
     async def status(self, request: web.Request) -> web.Response:
         query = StatusQuery.model_validate(dict(request.query))
-        run_id = await self._services.runs.resolve(query.run_id) if query.run_id else None
-        document = await status_document(self._services.syncs, query, run_id=run_id)
+        document = await status_document(self._services.syncs, query, runs=self._services.runs)
         document["instances"] = await self._instances()
         return json_response(document)
 
@@ -385,7 +385,8 @@ class ControlServer:
         return json_response({"runs": await self._services.runs.recent(limit)})
 
     async def cancel(self, request: web.Request) -> web.Response:
-        target = await self._services.runs.resolve_run_or_sync(self._ref(request, "target"))
+        ref = self._ref(request, "target")  # a malformed id is a 400 before any lookup
+        target = await self._services.runs.resolve_run_or_sync(ref)
         kind = await self._services.runner.cancel(target)
         log_event(logger, logging.INFO, "control.cancelled", target=target, kind=kind)
         return json_response({"cancelled": kind, "id": str(target)})
@@ -404,18 +405,14 @@ class ControlServer:
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         query = DeadLettersQuery.model_validate(dict(request.query))
-        credential_id = None
-        if query.credential_id is not None:
-            # A whole id is taken as it is: dead letters outlive their credential.
-            ref = query.credential_id
-            credential_id = uuid.UUID(ref) if is_whole_id(ref) else await self._store.resolve(ref)
         return json_response(
-            await dead_letters_document(self._services.syncs, query, credential_id=credential_id)
+            await dead_letters_document(self._services.syncs, query, credentials=self._store)
         )
 
     async def sync_show(self, request: web.Request) -> web.Response:
+        ref = self._ref(request)
         syncs = self._services.syncs
-        return json_response(await syncs.get(await syncs.resolve(self._ref(request))))
+        return json_response(await syncs.get(await syncs.resolve(ref)))
 
     # -- credentials -------------------------------------------------------------------------
 
@@ -532,11 +529,21 @@ class ControlServer:
         )
 
 
+def _whole_id(ref: str, resolver: object | None) -> uuid.UUID:
+    """An id given whole, where no store is at hand to resolve a prefix."""
+    if not is_whole_id(ref):
+        raise ValueError(f"the id prefix {ref} needs {resolver} to resolve it")
+    return uuid.UUID(ref)
+
+
 async def status_document(
-    syncs: SyncStore, query: StatusQuery, *, run_id: uuid.UUID | None = None
+    syncs: SyncStore, query: StatusQuery, *, runs: RunStore | None = None
 ) -> dict[str, Any]:
-    """`{"syncs": [...], "summary": {...}}` for the status filters (`run_id`: `query.run_id`
-    resolved); with both `since` and `last_24h`, the later start counts."""
+    """`{"syncs": [...], "summary": {...}}` for the status filters (a run id prefix resolved by
+    `runs`); with both `since` and `last_24h`, the later start counts."""
+    run_id = None
+    if query.run_id is not None:
+        run_id = await runs.resolve(query.run_id) if runs else _whole_id(query.run_id, "the runs")
     starts = [query.since] if query.since else []
     if query.last_24h:
         starts.append(datetime.now(UTC) - timedelta(hours=24))
@@ -554,10 +561,18 @@ async def status_document(
 
 
 async def dead_letters_document(
-    syncs: SyncStore, query: DeadLettersQuery, *, credential_id: uuid.UUID | None = None
+    syncs: SyncStore, query: DeadLettersQuery, *, credentials: CredentialStore | None = None
 ) -> DeadLetters:
-    """One page of the matching dead letters, newest first, and how many match in all
-    (`credential_id`: `query.credential_id` resolved)."""
+    """One page of the matching dead letters, newest first, and how many match in all. A
+    credential id prefix is resolved by `credentials`; a whole id is taken as it is (dead letters
+    outlive their credential)."""
+    credential_id = None
+    ref = query.credential_id
+    if ref is not None:
+        if is_whole_id(ref) or credentials is None:
+            credential_id = _whole_id(ref, "the credentials")
+        else:
+            credential_id = await credentials.resolve(ref)
     return await syncs.dead_letters(
         credential_id=credential_id,
         company_id=query.company_id,

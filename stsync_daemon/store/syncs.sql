@@ -175,19 +175,18 @@ LIMIT $8;
 
 -- name: summarize_syncs
 -- Counts, records and mean duration per status over the syncs matching the status filters ($1..$7
--- as select_syncs). The credentials are read only for a company or environment filter.
+-- as select_syncs). A join, not `IN (subquery)`: a company's syncs come through the pair index.
 SELECT s.status, count(*) AS n, sum(s.records_processed) AS records,
        sum(s.records_failed) AS failed_records,
        avg(extract(epoch FROM s.completed_at - s.started_at)) AS mean_seconds
 FROM stsync.sync_log s
-WHERE (($1::text IS NULL AND $6::text IS NULL)
-       OR s.credential_id IN (SELECT c.id FROM stsync.credentials c
-                              WHERE ($1::text IS NULL OR c.company_id = $1)
-                                AND ($6::text IS NULL OR c.environment = $6)))
+JOIN stsync.credentials c ON c.id = s.credential_id
+WHERE ($1::text IS NULL OR c.company_id = $1)
   AND (NOT $2 OR s.status = 'running')
   AND (NOT $3 OR s.status IN ('failed', 'timed_out', 'interrupted'))
   AND ($4::timestamptz IS NULL OR s.started_at >= $4)
   AND ($5::uuid IS NULL OR s.run_id = $5)
+  AND ($6::text IS NULL OR c.environment = $6)
   AND ($7::text IS NULL OR s.data_type = $7)
 GROUP BY s.status;
 
