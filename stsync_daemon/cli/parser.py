@@ -279,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "-c", "--company-id", metavar="ID", type=_non_empty, help="only this company"
     )
-    status.add_argument("--run", metavar="RUN_ID", type=_id, help=f"only this run's ({ID_HELP})")
+    status.add_argument(
+        "--run", metavar="RUN_ID", type=_id, help=f"only the syncs of this run ({ID_HELP})"
+    )
     status.add_argument("-e", "--environment", choices=ENVIRONMENTS, help="only this environment")
     status.add_argument(
         "-d", "--data-type", choices=[d.value for d in DataType], help="only this data type"
