@@ -45,8 +45,17 @@ def _storable(value: str) -> str:
 def id_ref(value: str) -> str:
     """A whole id or a unique prefix of one, as git takes them: at least `ID_PREFIX_MIN` hex digits,
     dashes optional. Returned lower-case, dashes dropped (whole ids in their canonical form)."""
-    digits = value.strip().lower().replace("-", "")
-    if len(digits) < ID_PREFIX_MIN or len(digits) > 32 or digits.strip("0123456789abcdef"):
+    text = value.strip().lower()
+    digits = text.replace("-", "")
+    # Dashes only where a UUID has them (a prefix copied from a whole id), never leading.
+    dashes = {i for i, c in enumerate(text) if c == "-"}
+    misplaced = dashes - {8, 13, 18, 23}
+    if (
+        len(digits) < ID_PREFIX_MIN
+        or len(digits) > 32
+        or digits.strip("0123456789abcdef")
+        or misplaced
+    ):
         raise ValueError(
             f"must be an id or at least {ID_PREFIX_MIN} of its first hex digits "
             "(like 3f2b8c1e-0d4a-4e5f-9a7b-1c2d3e4f5a6b, or 3f2b)"

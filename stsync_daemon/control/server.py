@@ -464,8 +464,8 @@ class ControlServer:
         return json_response(await self._credential_view(await self._credential_id(request)))
 
     async def credentials_update(self, request: web.Request) -> web.Response:
+        body: CredentialUpdate = await self._body(request, CredentialUpdate)  # a bad body: 400
         credential_id = await self._credential_id(request)
-        body: CredentialUpdate = await self._body(request, CredentialUpdate)
         await self._store.update(
             credential_id,
             client_id=body.client_id,
@@ -529,10 +529,10 @@ class ControlServer:
         )
 
 
-def _whole_id(ref: str, resolver: object | None) -> uuid.UUID:
-    """An id given whole, where no store is at hand to resolve a prefix."""
+def _whole_id(ref: str, store: str) -> uuid.UUID:
+    """An id given whole, where no store is at hand to resolve a prefix (a caller's bug)."""
     if not is_whole_id(ref):
-        raise ValueError(f"the id prefix {ref} needs {resolver} to resolve it")
+        raise ValueError(f"the id prefix {ref} needs {store} to resolve it")
     return uuid.UUID(ref)
 
 
@@ -543,7 +543,9 @@ async def status_document(
     `runs`); with both `since` and `last_24h`, the later start counts."""
     run_id = None
     if query.run_id is not None:
-        run_id = await runs.resolve(query.run_id) if runs else _whole_id(query.run_id, "the runs")
+        run_id = (
+            await runs.resolve(query.run_id) if runs else _whole_id(query.run_id, "the run store")
+        )
     starts = [query.since] if query.since else []
     if query.last_24h:
         starts.append(datetime.now(UTC) - timedelta(hours=24))
@@ -570,7 +572,7 @@ async def dead_letters_document(
     ref = query.credential_id
     if ref is not None:
         if is_whole_id(ref) or credentials is None:
-            credential_id = _whole_id(ref, "the credentials")
+            credential_id = _whole_id(ref, "the credential store")
         else:
             credential_id = await credentials.resolve(ref)
     return await syncs.dead_letters(

@@ -143,7 +143,9 @@ class RunStore:
 
     async def resolve_run_or_sync(self, ref: str) -> uuid.UUID:
         """The run or sync a whole id or a unique prefix of one stands for (what `cancel` takes)."""
-        return await resolve_id(self._pool, _SQL["resolve_run_or_sync_id"], ref, "run or sync")
+        return await resolve_id(
+            self._pool, _SQL["resolve_run_or_sync_id"], ref, "run or sync", "runs or syncs"
+        )
 
     async def finish_run(self, run_id: uuid.UUID, status: str, summary: bytes | None) -> None:
         await self._pool.execute(_SQL["finish_run"], run_id, status, summary)

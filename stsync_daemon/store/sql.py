@@ -32,7 +32,9 @@ def load(filename: str) -> dict[str, str]:
     return queries
 
 
-async def resolve_id(db: Any, query: str, ref: str, noun: str) -> uuid.UUID:
+async def resolve_id(
+    db: Any, query: str, ref: str, noun: str, plural: str | None = None
+) -> uuid.UUID:
     """The one id of a `noun` that `ref` (a whole id or a prefix, see `requests.IdRef`) stands for.
 
     `query` takes the lowest and highest id the prefix covers and answers how many ids lie between
@@ -47,7 +49,8 @@ async def resolve_id(db: Any, query: str, ref: str, noun: str) -> uuid.UUID:
         raise NotFoundError(f"no {noun} id starts with {ref}")
     if found > 1:
         raise AmbiguousIdError(
-            f"id prefix {ref} is ambiguous: {found} {noun}s match; give more of its digits"
+            f"id prefix {ref} is ambiguous: {found} {plural or noun + 's'} match; "
+            "give more of its digits"
         )
     result: uuid.UUID = row["id"]
     return result

@@ -597,7 +597,7 @@ async def test_id_prefixes_resolve_on_the_daemon(daemon: DaemonProcess, database
     )
     shown = await ctl.json("credentials", "show", "abcd0001")
     assert shown["id"] == first
-    disabled = await ctl("credentials", "disable", "abcd-0002")
+    disabled = await ctl("credentials", "disable", "abcd0002-0")
     assert disabled.code == 0 and disabled.stdout.startswith(f"Disabled credential {second} ")
     none = await ctl("credentials", "enable", "abcd0003")
     assert none.code == 1 and none.stderr == "stsyncctl: no credential id starts with abcd0003\n"
@@ -630,7 +630,9 @@ async def test_id_prefixes_resolve_on_the_daemon(daemon: DaemonProcess, database
     await insert_sync(database_dsn, third, "failed", "x", sync_id=twin)
     twins = await ctl("cancel", run["run_id"][:8])
     assert twins.code == 1
-    assert twins.stderr.startswith(f"stsyncctl: id prefix {run['run_id'][:8]} is ambiguous: 2 run")
+    assert twins.stderr.startswith(
+        f"stsyncctl: id prefix {run['run_id'][:8]} is ambiguous: 2 runs or syncs match"
+    )
 
     letters = await ctl.json("dead-letters", "--credential-id", third[:4])
     assert letters == {"dead_letters": [], "total": 0}

@@ -195,6 +195,7 @@ def test_process_options(argv: list[str], expected: dict[str, Any]) -> None:
         (["cancel", "abc"], "RUN_OR_SYNC_ID"),
         (["show", "abc"], "SYNC_ID"),
         (["show", "zzzz"], "SYNC_ID"),
+        (["show", "ab-cd"], "SYNC_ID"),
         (["status", "--run", "12"], "--run"),
         (["status", "--since", "yesterday"], "--since"),
         (["status", "--since", "2h", "--last-24h"], "--last-24h"),
@@ -252,9 +253,9 @@ def test_status_defaults_and_options() -> None:
 
 def test_status_new_filters() -> None:
     request = prepare(
-        "status", "--run", "1111-2222", "-e", "production", "-d", "invoices", "--since", "2h"
+        "status", "--run", "11112222-3", "-e", "production", "-d", "invoices", "--since", "2h"
     )
-    assert request.run_id == "11112222"
+    assert request.run_id == "111122223"
     assert request.environment is Environment.PRODUCTION
     assert request.data_type == "invoices"
     assert request.since is not None
@@ -359,7 +360,7 @@ def test_report_runs_cancel_arguments() -> None:
     assert parse("runs", "--limit", "5").limit == 5
     assert parse("cancel", CRED.upper()).target == CRED
     assert parse("cancel", "1111").target == "1111"
-    assert parse("show", "ABCD-EF").sync_id == "abcdef"
+    assert parse("show", "ABCDEF01-2").sync_id == "abcdef012"
 
 
 # -- credentials ------------------------------------------------------------------------------

@@ -731,7 +731,7 @@ async def test_credential_commands_take_a_prefix_and_print_the_whole_id(
     assert enable.stdout.startswith(f"Enabled credential {CRED_A} for Acme HVAC")
     update = await run_cli(*sock(fake_daemon), "credentials", "update", "aaaa", "--schedule")
     assert update.stdout.startswith(f"Updated credential {CRED_A}\n")
-    removed = await run_cli(*sock(fake_daemon), "credentials", "remove", "bbbb-bb")
+    removed = await run_cli(*sock(fake_daemon), "credentials", "remove", "bbbbbbbb-b")
     assert removed.stdout == f"Removed credential {CRED_B}\n"
     tested = await run_cli(*sock(fake_daemon), "credentials", "test", "bbbbbbbb")
     assert tested.code == 1 and tested.stdout.startswith("FAILED: ")
