@@ -116,5 +116,9 @@ class NotFoundError(PermanentError):
     """An id given by an operator does not exist."""
 
 
+class AmbiguousIdError(PermanentError):
+    """An id prefix an operator gave matches more than one thing: more of its digits are needed."""
+
+
 class ConflictError(PermanentError):
     """The request conflicts with the current state (e.g. a sync already running)."""

@@ -15,7 +15,8 @@ exit codes:
   0    all went well (including nothing to do)
   1    the command ran but at least one sync failed or timed out, a credential test failed,
        health is not ok,
-       or the daemon rejected the request (unknown id, conflict, invalid value)
+       or the daemon rejected the request (unknown or ambiguous id, a -c/--credential-id
+       that matches no credential, conflict, invalid value)
   2    usage error: a bad option or value (one line naming it, plus the usage)
   3    the daemon is not reachable or refuses us: no socket, permission denied, connection
        refused, this user not allowed, or the daemon cannot serve now

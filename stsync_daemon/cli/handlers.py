@@ -53,6 +53,7 @@ class Context:
     stderr: TextIO
     stdin: TextIO
     request: BaseModel | None = None
+    quiet: bool = False  # -q: nothing on stdout; failures still reach stderr
     run_id: str | None = None
     progress: render.Progress | None = field(default=None, repr=False)
 
@@ -85,6 +86,13 @@ def _path_id(value: str) -> str:
     return quote(value, safe="")
 
 
+def _answered_id(answer: Any, given: str) -> str:
+    """The whole id the daemon answered with (the operator may have given a prefix)."""
+    if isinstance(answer, dict) and isinstance(answer.get("id"), str):
+        return str(answer["id"])
+    return given
+
+
 async def process(ctx: Context, args: argparse.Namespace) -> int:
     """`process`: a plan with --dry-run, else the run followed to its summary."""
     return await _run_batch(ctx, "/process", estimate=bool(args.estimate))
@@ -97,6 +105,8 @@ async def retry(ctx: Context, args: argparse.Namespace) -> int:
 
 def _make_progress(ctx: Context) -> render.Progress:
     """Bars on a terminal, plain lines otherwise; with JSON, only on a terminal's stderr."""
+    if ctx.quiet:
+        return render.Progress(None)
     if ctx.json_output:
         if ctx.stderr.isatty():
             return render.TtyProgress(ctx.stderr, ctx.width)
@@ -112,7 +122,9 @@ async def _run_batch(ctx: Context, path: str, *, estimate: bool) -> int:
     async with ctx.client() as client:
         if body.get("dry_run"):
             plan = cast(Plan, await client.request("POST", path, body=body))
-            if ctx.json_output:
+            if ctx.quiet:
+                pass
+            elif ctx.json_output:
                 ctx.emit_json(plan)
             else:
                 ctx.out(render.plan_text(plan, ctx.width(), estimate=estimate))
@@ -179,14 +191,18 @@ async def _follow(ctx: Context, progress: render.Progress, events: Any) -> int:
             f"the daemon on {ctx.socket} closed the stream before the run finished; the run may "
             "still be going (stsyncctl runs)"
         )
-    if ctx.json_output:
+    ok = summary["failed_syncs"] == 0 and summary["status"] == "completed" and failure is None
+    if ctx.quiet:
+        if not ok:
+            for line in render.quiet_failure_lines(summary):
+                ctx.note(line)
+    elif ctx.json_output:
         ctx.emit_json(summary)
     else:
         ctx.out(render.run_summary(summary))
     if failure is not None:
         ctx.note(f"the run reported an error: {failure}")
     ctx.run_id = None
-    ok = summary["failed_syncs"] == 0 and summary["status"] == "completed" and failure is None
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -218,15 +234,20 @@ def _credential_list(answer: Any) -> list[CredentialView]:
 
 
 async def credentials_list(ctx: Context, args: argparse.Namespace) -> int:
-    """`credentials list`."""
+    """`credentials list`: every credential, or those matching the filters."""
+    assert ctx.request is not None
+    params = query_params(ctx.request)
     async with ctx.client() as client:
-        answer = await client.request("GET", "/credentials")
+        answer = await client.request("GET", "/credentials", params=params)
     if ctx.json_output:
         ctx.emit_json(answer)
         return EXIT_OK
     items = _credential_list(answer)
     if not items:
-        ctx.out("No credentials configured (add one with `stsyncctl credentials add`)")
+        if params:
+            ctx.out("No credentials found matching the criteria")
+        else:
+            ctx.out("No credentials configured (add one with `stsyncctl credentials add`)")
         return EXIT_OK
     ctx.out(render.credentials_table(items, ctx.width()))
     ctx.out()
@@ -272,7 +293,7 @@ async def credentials_update(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.json_output:
         ctx.emit_json(answer)
     else:
-        ctx.out(f"Updated credential {args.credential_id}")
+        ctx.out(f"Updated credential {_answered_id(answer, args.credential_id)}")
         if isinstance(answer, dict):
             ctx.out(render.credential_detail(cast(CredentialView, answer)))
     return EXIT_OK
@@ -296,7 +317,7 @@ async def credentials_toggle(ctx: Context, args: argparse.Namespace) -> int:
             f"{view['company']} ({view['environment']}): status {view['status']}"
         )
     else:
-        ctx.out(f"{done} credential {args.credential_id}")
+        ctx.out(f"{done} credential {_answered_id(answer, args.credential_id)}")
     return EXIT_OK
 
 
@@ -326,7 +347,8 @@ async def credentials_remove(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.json_output:
         ctx.emit_json(answer if answer is not None else {"removed": True, "id": args.credential_id})
     else:
-        ctx.out(f"Removed credential {args.credential_id}")
+        removed = answer.get("removed") if isinstance(answer, dict) else None
+        ctx.out(f"Removed credential {removed if isinstance(removed, str) else args.credential_id}")
     return EXIT_OK
 
 
@@ -399,12 +421,24 @@ async def cancel(ctx: Context, args: argparse.Namespace) -> int:
         ctx.emit_json(answer)
         return EXIT_OK
     what = answer.get("cancelled") if isinstance(answer, dict) else True
+    target = _answered_id(answer, args.target)
     if what in ("run", "sync"):
-        ctx.out(f"Cancelled {what} {args.target}; what it committed stays")
+        ctx.out(f"Cancelled {what} {target}; what it committed stays")
     elif what:
-        ctx.out(f"Cancelled {args.target}; what it committed stays")
+        ctx.out(f"Cancelled {target}; what it committed stays")
     else:
-        ctx.out(f"Nothing to cancel: {args.target} is not running")
+        ctx.out(f"Nothing to cancel: {target} is not running")
+    return EXIT_OK
+
+
+async def show(ctx: Context, args: argparse.Namespace) -> int:
+    """`show`: one sync in full, its whole error message included."""
+    async with ctx.client() as client:
+        answer = await client.request("GET", f"/syncs/{_path_id(args.sync_id)}")
+    if ctx.json_output:
+        ctx.emit_json(answer)
+    else:
+        ctx.out(render.sync_detail(cast(SyncView, answer)))
     return EXIT_OK
 
 

@@ -8,14 +8,15 @@ message naming what is wrong, so usage errors exit 2 before any connection.
 from __future__ import annotations
 
 import argparse
-import uuid
 from collections.abc import Callable, Sequence
 from importlib import metadata
 
 from ..config import default_socket_path
-from ..enums import DataTypeFilter, Environment
+from ..control.protocol import id_ref
+from ..enums import CredentialStatus, DataType, DataTypeFilter, Environment
 from ..limits import (
     DEAD_LETTERS_LIMIT_MAX,
+    ID_PREFIX_MIN,
     MAX_CONCURRENT_DEFAULT,
     MAX_CONCURRENT_MAX,
     RETRY_MAX_AGE_HOURS_DEFAULT,
@@ -42,6 +43,8 @@ def _version() -> str:
 CREDENTIAL_ID = "CREDENTIAL_ID"
 ENVIRONMENTS = [e.value for e in Environment]
 DATA_TYPES = [d.value for d in DataTypeFilter]
+CREDENTIAL_STATUSES = [s.value for s in CredentialStatus]
+ID_HELP = f"a whole id or a unique prefix of it (at least {ID_PREFIX_MIN} hex digits)"
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -95,12 +98,14 @@ def _tenant_id(text: str) -> int:
     return value
 
 
-def _uuid(text: str) -> str:
+def _id(text: str) -> str:
+    """A whole id or a prefix of one; the daemon resolves prefixes (unique, or an error)."""
     try:
-        return str(uuid.UUID(text))
+        return id_ref(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"invalid id: {text!r} (expected a UUID like 3f2b8c1e-0d4a-4e5f-9a7b-1c2d3e4f5a6b)"
+            f"invalid id: {text!r} (a whole id like 3f2b8c1e-0d4a-4e5f-9a7b-1c2d3e4f5a6b, or at "
+            f"least its first {ID_PREFIX_MIN} hex digits, like 3f2b)"
         ) from None
 
 
@@ -124,6 +129,22 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--socket", metavar="PATH", default=argparse.SUPPRESS, help="the daemon's control socket"
+    )
+    parser.add_argument(
+        "--utc",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show times in UTC instead of the local time zone",
+    )
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="for cron: print nothing when all went well; failures still go to stderr, "
+        "and the exit code is the same",
     )
 
 
@@ -194,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print exactly one JSON document on stdout (progress goes to stderr or is omitted)",
     )
+    parser.add_argument(
+        "--utc", action="store_true", help="show times in UTC instead of the local time zone"
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -206,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  stsyncctl process                                # every active credential, both types\n"
         "  stsyncctl process -e production -d customers\n"
         "  stsyncctl process -c 1042 --full -t 7200         # full resync of one company\n"
+        "  stsyncctl process --credential-id 3f2b           # one credential, by an id prefix\n"
+        "  stsyncctl process -q -e production               # for cron: silent unless it fails\n"
         "  stsyncctl process --dry-run --estimate -e integration",
     )
     process.add_argument("-e", "--environment", choices=ENVIRONMENTS, help="only this environment")
@@ -213,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--company-id", metavar="ID", type=_non_empty, help="only this company"
     )
     process.add_argument(
-        "--credential-id", metavar="ID", type=_uuid, help="only this credential (a UUID)"
+        "--credential-id", metavar="ID", type=_id, help=f"only this credential ({ID_HELP})"
     )
     process.add_argument(
         "-d",
@@ -234,28 +260,50 @@ def build_parser() -> argparse.ArgumentParser:
     process.add_argument(
         "--full", action="store_true", help="full resync from the beginning instead of incremental"
     )
+    _add_quiet(process)
 
     # status -----------------------------------------------------------------------------------
     status = _command(
         commands,
         "status",
         "show recent syncs and statistics",
-        "List recent syncs, newest first, then statistics over every matching sync.",
+        "List recent syncs, newest first, then statistics over every matching sync. The table\n"
+        "cuts long error messages: `stsyncctl show SYNC_ID` prints one sync in full.",
         "  stsyncctl status\n"
         "  stsyncctl status -r                  # what is running now\n"
         "  stsyncctl status -f --last-24h       # what failed today\n"
+        "  stsyncctl status -f -e production -d invoices --since 2h\n"
+        "  stsyncctl status --run 3f2b          # the syncs of one run (an id prefix will do)\n"
         "  stsyncctl --json-output status -c 1042 --limit 10",
     )
     status.add_argument(
         "-c", "--company-id", metavar="ID", type=_non_empty, help="only this company"
     )
+    status.add_argument(
+        "--run", metavar="RUN_ID", type=_id, help=f"only the syncs of this run ({ID_HELP})"
+    )
+    status.add_argument("-e", "--environment", choices=ENVIRONMENTS, help="only this environment")
+    status.add_argument(
+        "-d", "--data-type", choices=[d.value for d in DataType], help="only this data type"
+    )
     only = status.add_mutually_exclusive_group()
     only.add_argument("-r", "--running-only", action="store_true", help="only running syncs")
     only.add_argument(
-        "-f", "--failed-only", action="store_true", help="only failed or timed-out syncs"
+        "-f",
+        "--failed-only",
+        action="store_true",
+        help="only failed, timed-out or interrupted syncs (what retry picks up)",
     )
-    status.add_argument(
+    window = status.add_mutually_exclusive_group()
+    window.add_argument(
         "--last-24h", action="store_true", help="only syncs started in the last 24 h"
+    )
+    window.add_argument(
+        "--since",
+        metavar="WHEN",
+        type=_non_empty,
+        help="only syncs started since WHEN: ISO 8601 (2024-05-01, 2024-05-01T06:00; local time "
+        "unless it has a zone, or with --utc) or a time ago: 30m, 2h, 3d, 1w",
     )
     status.add_argument(
         "--limit",
@@ -298,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retry.add_argument("--dry-run", action="store_true", help="show what would be retried")
     _add_run_knobs(retry)
+    _add_quiet(retry)
 
     # credentials ------------------------------------------------------------------------------
     credentials = _command(
@@ -320,12 +369,28 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return sub
 
-    credential_command("list", "list every credential", "  stsyncctl credentials list")
+    listing = credential_command(
+        "list",
+        "list the credentials, or those matching the filters",
+        "  stsyncctl credentials list\n"
+        "  stsyncctl credentials list --status error --environment production\n"
+        "  stsyncctl credentials list -c 1042",
+    )
+    listing.add_argument(
+        "--status", choices=CREDENTIAL_STATUSES, help="only credentials in this status"
+    )
+    listing.add_argument("-e", "--environment", choices=ENVIRONMENTS, help="only this environment")
+    listing.add_argument(
+        "-c", "--company-id", metavar="ID", type=_non_empty, help="only this company"
+    )
 
     show = credential_command(
-        "show", "show one credential (never its secret)", "  stsyncctl credentials show ID"
+        "show",
+        "show one credential (never its secret)",
+        "  stsyncctl credentials show 3f2b8c1e-0d4a-4e5f-9a7b-1c2d3e4f5a6b\n"
+        "  stsyncctl credentials show 3f2b      # a unique prefix will do",
     )
-    show.add_argument("credential_id", metavar=CREDENTIAL_ID, type=_uuid)
+    show.add_argument("credential_id", metavar=CREDENTIAL_ID, type=_id, help=ID_HELP)
 
     add = credential_command(
         "add",
@@ -375,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  stsyncctl credentials update ID --client-id cid.new --client-secret-file new.secret\n"
         "  stsyncctl credentials update ID --no-schedule",
     )
-    update.add_argument("credential_id", metavar=CREDENTIAL_ID, type=_uuid)
+    update.add_argument("credential_id", metavar=CREDENTIAL_ID, type=_id, help=ID_HELP)
     update.add_argument("--company-name", type=_non_empty, metavar="NAME", help="new name")
     update.add_argument("--client-id", type=_non_empty, metavar="ID", help="new client id")
     update.add_argument(
@@ -415,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("disable", "leave a credential out of scheduled runs"),
     ):
         toggle = credential_command(name, help_text, f"  stsyncctl credentials {name} ID")
-        toggle.add_argument("credential_id", metavar=CREDENTIAL_ID, type=_uuid)
+        toggle.add_argument("credential_id", metavar=CREDENTIAL_ID, type=_id, help=ID_HELP)
 
     remove = credential_command(
         "remove",
@@ -423,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  stsyncctl credentials remove ID        # asks on a terminal\n"
         "  stsyncctl credentials remove -y ID",
     )
-    remove.add_argument("credential_id", metavar=CREDENTIAL_ID, type=_uuid)
+    remove.add_argument("credential_id", metavar=CREDENTIAL_ID, type=_id, help=ID_HELP)
     remove.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
 
     test = credential_command(
@@ -431,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check a credential: fetch a token and one page, read-only",
         "  stsyncctl credentials test ID",
     )
-    test.add_argument("credential_id", metavar=CREDENTIAL_ID, type=_uuid)
+    test.add_argument("credential_id", metavar=CREDENTIAL_ID, type=_id, help=ID_HELP)
 
     # schedules, runs, cancel, report, health --------------------------------------------------
     schedules = _command(
@@ -481,7 +546,19 @@ def build_parser() -> argparse.ArgumentParser:
         "Cancel a running run (all its syncs) or a single running sync; what they committed stays.",
         "  stsyncctl cancel RUN_ID      # ids from `stsyncctl runs` or `stsyncctl status -r`",
     )
-    cancel.add_argument("target", metavar="RUN_OR_SYNC_ID", type=_uuid)
+    cancel.add_argument("target", metavar="RUN_OR_SYNC_ID", type=_id, help=ID_HELP)
+
+    show_sync = _command(
+        commands,
+        "show",
+        "show one sync in full, its whole error message included",
+        "One sync: company, tenant, status, times, counts, and the whole error message (the\n"
+        "status table cuts it, and with it ServiceTitan's traceId).",
+        "  stsyncctl show 0f3c2a9e-5b1d-4c8e-9f7a-2b3c4d5e6f70\n"
+        "  stsyncctl show 0f3c                  # a unique prefix will do\n"
+        "  stsyncctl --json-output show 0f3c",
+    )
+    show_sync.add_argument("sync_id", metavar="SYNC_ID", type=_id, help=ID_HELP)
 
     report = _command(
         commands,
@@ -512,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dead.add_argument("-c", "--company-id", metavar="ID", type=_non_empty, help="only this company")
     dead.add_argument(
-        "--credential-id", metavar="ID", type=_uuid, help="only this credential (a UUID)"
+        "--credential-id", metavar="ID", type=_id, help=f"only this credential ({ID_HELP})"
     )
     dead.add_argument("-e", "--environment", choices=ENVIRONMENTS, help="only this environment")
     dead.add_argument(

@@ -1,7 +1,8 @@
 """Human output of stsyncctl: aligned tables, summaries, the exact per-sync messages, live progress.
 
 Pure functions of the protocol's answers and a width, so tests can check them without a terminal.
-Times are shown in the local time zone of the machine (like journalctl); JSON output keeps UTC.
+Times are shown in the local time zone of the machine (like journalctl), or in UTC with `--utc`
+(`DISPLAY_UTC`); JSON output keeps UTC.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from ..control.protocol import (
@@ -30,13 +32,16 @@ from ..enums import SyncStatus
 
 ELLIPSIS = "..."
 GAP = "  "
+# Whether times are shown in UTC (`--utc`) rather than the machine's local time zone.
+DISPLAY_UTC: ContextVar[bool] = ContextVar("DISPLAY_UTC", default=False)
 
 # ---------------------------------------------------------------------------------------------
 # Values
 
 
 def when(value: str | None, *, empty: str = "-") -> str:
-    """An ISO 8601 time as local `YYYY-MM-DD HH:MM:SS`; unparsable text is shown as it came."""
+    """An ISO 8601 time as local (or, with `--utc`, UTC) `YYYY-MM-DD HH:MM:SS`; unparsable text is
+    shown as it came."""
     if not value:
         return empty
     try:
@@ -44,7 +49,7 @@ def when(value: str | None, *, empty: str = "-") -> str:
     except ValueError:
         return value
     if moment.tzinfo is not None:
-        moment = moment.astimezone()
+        moment = moment.astimezone(UTC if DISPLAY_UTC.get() else None)
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -221,6 +226,22 @@ def run_summary(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
+def quiet_failure_lines(summary: RunSummary) -> list[str]:
+    """What `process -q` / `retry -q` say (on stderr) when a run did not go well: each failed
+    sync's line, then one line naming the run."""
+    lines = [
+        finished_line(sync)
+        for sync in summary.get("syncs") or []
+        if sync["status"] != SyncStatus.COMPLETED
+    ]
+    failed, total = summary["failed_syncs"], summary["total_syncs"]
+    lines.append(
+        f"run {summary['run_id']} {summary['status']}: {failed} of {total} syncs failed "
+        f"(stsyncctl status --run {summary['run_id']})"
+    )
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------
 # status
 
@@ -300,6 +321,44 @@ def status_summary(summary: StatusSummary, shown: int) -> str:
 
 
 NO_SYNCS = "No sync operations found matching the criteria"
+
+
+def sync_detail(sync: SyncView) -> str:
+    """`show`: one sync, its whole error message on as many lines as it has (ServiceTitan's
+    traceId included), control characters escaped."""
+    attempt = str(sync["attempt"])
+    if sync.get("retry_of"):
+        attempt += f" (retry of {sync['retry_of']})"
+    pairs: list[tuple[str, str]] = [
+        ("ID", sync["id"]),
+        ("Run", sync.get("run_id") or "-"),
+        ("Company", f"{printable(sync['company'])} ({sync['company_id']})"),
+        ("Credential", sync["credential_id"]),
+        ("Environment", sync["environment"]),
+        ("Tenant ID", str(sync["tenant_id"])),
+        ("Data type", sync["data_type"]),
+        ("Status", sync["status"]),
+        ("Trigger", sync["trigger"]),
+        ("Mode", sync["mode"]),
+        ("Attempt", attempt),
+        ("Instance", sync.get("instance") or "-"),
+        ("Started", when(sync["started_at"])),
+        (
+            "Completed",
+            "Running" if sync["status"] == SyncStatus.RUNNING else when(sync.get("completed_at")),
+        ),
+        ("Duration", duration(sync.get("duration_seconds"))),
+        ("Records processed", str(sync["records_processed"])),
+        ("Records successful", str(sync["records_successful"])),
+        ("Records failed", str(sync["records_failed"])),
+        ("Pages", str(sync["pages"])),
+        ("Error category", sync.get("error_category") or "-"),
+    ]
+    message = sync.get("error_message")
+    if not message:
+        return _pairs([*pairs, ("Error message", "-")])
+    lines = [printable(line) for line in message.splitlines()]
+    return _pairs(pairs) + "\nError message:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def open_dead_letters_note(count: int) -> str:

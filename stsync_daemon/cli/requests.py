@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import re
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from ..control.protocol import (
     CredentialAdd,
+    CredentialsQuery,
     CredentialUpdate,
     DeadLettersQuery,
     ProcessRequest,
@@ -41,7 +44,12 @@ _OPTION_OF_FIELD = {
     "credential_id": "--credential-id",
     "data_type": "--data-type",
     "include_resolved": "--all",
+    "run_id": "--run",
+    "since": "--since",
+    "status": "--status",
 }
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_AGO = re.compile(r"(\d+)\s*([smhdw])", re.IGNORECASE)
 
 
 class UsageError(Exception):
@@ -102,10 +110,38 @@ def read_secret(path: str | None, option: str, stdin: TextIO, *, prompt: str) ->
     return SecretStr(text)
 
 
+def parse_when(text: str, *, now: datetime, utc: bool) -> datetime:
+    """`--since WHEN`: ISO 8601 (a date, or a date and time; without a zone it is local time, or
+    UTC with --utc) or a time ago (`30m`, `2h`, `3d`, `1w`). Always an aware datetime."""
+    ago = _AGO.fullmatch(text.strip())
+    if ago:
+        try:
+            return now - timedelta(**{_UNITS[ago.group(2).lower()]: int(ago.group(1))})
+        except OverflowError:
+            raise UsageError("--since", f"{text!r} is too long ago") from None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(
+            "--since",
+            f"invalid time: {text!r} (ISO 8601 like 2024-05-01 or 2024-05-01T06:00, or a time "
+            "ago like 30m, 2h, 3d, 1w)",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC) if utc else moment.astimezone()
+    return moment
+
+
+def _quiet_alone(args: argparse.Namespace) -> None:
+    if args.quiet and args.json_output:
+        raise UsageError("-q/--quiet", "not with --json-output (which prints one document)")
+
+
 def prepare_process(args: argparse.Namespace, stdin: TextIO) -> BaseModel:
     """`process`: --estimate only makes sense with --dry-run."""
     if args.estimate and not args.dry_run:
         raise UsageError("--estimate", "only with --dry-run")
+    _quiet_alone(args)
     return _model(
         ProcessRequest,
         environment=args.environment,
@@ -122,6 +158,7 @@ def prepare_process(args: argparse.Namespace, stdin: TextIO) -> BaseModel:
 
 def prepare_retry(args: argparse.Namespace, stdin: TextIO) -> BaseModel:
     """`retry`: the window, the attempt cap and the run knobs."""
+    _quiet_alone(args)
     return _model(
         RetryRequest,
         max_age_hours=args.max_age,
@@ -134,14 +171,33 @@ def prepare_retry(args: argparse.Namespace, stdin: TextIO) -> BaseModel:
 
 
 def prepare_status(args: argparse.Namespace, stdin: TextIO) -> BaseModel:
-    """`status`: its filters, sent as query parameters."""
+    """`status`: its filters, sent as query parameters; `--since` as an absolute UTC time."""
+    since = (
+        parse_when(args.since, now=datetime.now(UTC), utc=args.utc)
+        if args.since is not None
+        else None
+    )
     return _model(
         StatusQuery,
         company_id=args.company_id,
+        run_id=args.run,
+        environment=args.environment,
+        data_type=args.data_type,
         running_only=args.running_only,
         failed_only=args.failed_only,
         last_24h=args.last_24h,
+        since=since.astimezone(UTC) if since is not None else None,
         limit=args.limit,
+    )
+
+
+def prepare_credentials_list(args: argparse.Namespace, stdin: TextIO) -> BaseModel:
+    """`credentials list`: its filters, sent as query parameters."""
+    return _model(
+        CredentialsQuery,
+        environment=args.environment,
+        company_id=args.company_id,
+        status=args.status,
     )
 
 
@@ -238,6 +294,8 @@ def wire(model: BaseModel) -> dict[str, Any]:
             body[key] = value.get_secret_value()
         elif isinstance(value, uuid.UUID):
             body[key] = str(value)
+        elif isinstance(value, datetime):
+            body[key] = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
         else:
             body[key] = value
     return body

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ..config import default_socket_path
-from . import handlers, requests
+from . import handlers, render, requests
 from .client import DaemonError, DaemonUnreachable
 from .exits import EXIT_FAILED, EXIT_INTERRUPTED, exit_code_for
 from .handlers import Context, Handler
@@ -40,7 +40,7 @@ COMMANDS: Mapping[tuple[str, ...], Command] = {
     ("process",): Command(handlers.process, requests.prepare_process),
     ("status",): Command(handlers.status, requests.prepare_status),
     ("retry",): Command(handlers.retry, requests.prepare_retry),
-    ("credentials", "list"): Command(handlers.credentials_list),
+    ("credentials", "list"): Command(handlers.credentials_list, requests.prepare_credentials_list),
     ("credentials", "show"): Command(handlers.credentials_show),
     ("credentials", "add"): Command(handlers.credentials_add, requests.prepare_credentials_add),
     ("credentials", "update"): Command(
@@ -55,6 +55,7 @@ COMMANDS: Mapping[tuple[str, ...], Command] = {
     ("schedules", "resume"): Command(handlers.schedule_pause),
     ("runs",): Command(handlers.runs),
     ("cancel",): Command(handlers.cancel),
+    ("show",): Command(handlers.show),
     ("report",): Command(handlers.report),
     ("dead-letters",): Command(handlers.dead_letters, requests.prepare_dead_letters),
     ("health",): Command(handlers.health),
@@ -87,7 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stdout=sys.stdout,
         stderr=sys.stderr,
         stdin=sys.stdin,
+        quiet=bool(getattr(args, "quiet", False)),
     )
+    # Tables show local time unless --utc; set before the loop starts, whose tasks inherit it.
+    render.DISPLAY_UTC.set(bool(args.utc))
     path = command_path(args)
     command = COMMANDS[path]
     try:

@@ -64,6 +64,7 @@ ROUTES: Mapping[tuple[str, str], Route] = {
     ("GET", f"{_P}/health"): Route(Level.READ, "health"),
     ("GET", f"{_P}/status"): Route(Level.READ, "status"),
     ("GET", f"{_P}/runs"): Route(Level.READ, "runs"),
+    ("GET", f"{_P}/syncs/{{id}}"): Route(Level.READ, "show"),
     ("GET", f"{_P}/instances"): Route(Level.READ, "instances"),
     ("GET", f"{_P}/schedules"): Route(Level.READ, "schedules"),
     ("GET", f"{_P}/report"): Route(Level.READ, "report"),

@@ -31,6 +31,7 @@ from ..enums import CredentialStatus
 from ..errors import ConflictError, NotFoundError, StsyncError
 from ..limits import RUNS_LIMIT_DEFAULT, RUNS_LIMIT_MAX
 from ..logs import log_event
+from ..requests import id_ref, is_whole_id
 from ..store.credentials import Credential, CredentialStore, NewCredential, credential_view
 from ..store.db import DB_ERRORS, describe_db_error, is_bad_value
 from ..store.runs import RunStore
@@ -203,6 +204,7 @@ class ControlServer:
             web.post(f"{API_PREFIX}/process", self.process),
             web.post(f"{API_PREFIX}/retry", self.retry),
             web.get(f"{API_PREFIX}/runs", self.runs),
+            web.get(f"{API_PREFIX}/syncs/{{id}}", self.sync_show),
             web.get(f"{API_PREFIX}/instances", self.instances),
             web.post(f"{API_PREFIX}/cancel/{{target}}", self.cancel),
             web.get(f"{API_PREFIX}/schedules", self.schedules),
@@ -325,11 +327,17 @@ class ControlServer:
         return model.model_validate(data)
 
     @staticmethod
-    def _uuid(value: str, what: str = "id") -> uuid.UUID:
+    def _ref(request: web.Request, key: str = "id") -> str:
+        """The id (whole or a prefix) in the path; the stores resolve it."""
+        value = request.match_info[key]
         try:
-            return uuid.UUID(value)
-        except ValueError:
-            raise web.HTTPBadRequest(reason=f"{what} {value!r} is not a UUID") from None
+            return id_ref(value)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(reason=f"{key} {value!r}: {exc}") from None
+
+    async def _credential_id(self, request: web.Request) -> uuid.UUID:
+        ref = self._ref(request)
+        return await self._store.resolve(ref)
 
     # -- handlers --------------------------------------------------------------------------
 
@@ -338,7 +346,7 @@ class ControlServer:
 
     async def status(self, request: web.Request) -> web.Response:
         query = StatusQuery.model_validate(dict(request.query))
-        document = await status_document(self._services.syncs, query)
+        document = await status_document(self._services.syncs, query, runs=self._services.runs)
         document["instances"] = await self._instances()
         return json_response(document)
 
@@ -382,7 +390,8 @@ class ControlServer:
         return json_response({"runs": await self._services.runs.recent(limit)})
 
     async def cancel(self, request: web.Request) -> web.Response:
-        target = self._uuid(request.match_info["target"])
+        ref = self._ref(request, "target")  # a malformed id is a 400 before any lookup
+        target = await self._services.runs.resolve_run_or_sync(ref)
         kind = await self._services.runner.cancel(target)
         log_event(logger, logging.INFO, "control.cancelled", target=target, kind=kind)
         return json_response({"cancelled": kind, "id": str(target)})
@@ -411,7 +420,14 @@ class ControlServer:
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         query = DeadLettersQuery.model_validate(dict(request.query))
-        return json_response(await dead_letters_document(self._services.syncs, query))
+        return json_response(
+            await dead_letters_document(self._services.syncs, query, credentials=self._store)
+        )
+
+    async def sync_show(self, request: web.Request) -> web.Response:
+        ref = self._ref(request)
+        syncs = self._services.syncs
+        return json_response(await syncs.get(await syncs.resolve(ref)))
 
     # -- credentials -------------------------------------------------------------------------
 
@@ -427,7 +443,9 @@ class ControlServer:
     async def credentials_list(self, request: web.Request) -> web.Response:
         # An empty filter is no filter, as it always was here.
         query = CredentialsQuery.model_validate({k: v for k, v in request.query.items() if v})
-        found = await self._store.list(environment=query.environment, company_id=query.company_id)
+        found = await self._store.list(
+            environment=query.environment, company_id=query.company_id, status=query.status
+        )
         last = await self._store.last_success([c.id for c in found])
         return json_response({"credentials": [credential_view(c, last.get(c.id)) for c in found]})
 
@@ -458,11 +476,11 @@ class ControlServer:
         return json_response(await self._credential_view(credential.id), status=201)
 
     async def credentials_show(self, request: web.Request) -> web.Response:
-        return json_response(await self._credential_view(self._uuid(request.match_info["id"])))
+        return json_response(await self._credential_view(await self._credential_id(request)))
 
     async def credentials_update(self, request: web.Request) -> web.Response:
-        credential_id = self._uuid(request.match_info["id"])
-        body: CredentialUpdate = await self._body(request, CredentialUpdate)
+        body: CredentialUpdate = await self._body(request, CredentialUpdate)  # a bad body: 400
+        credential_id = await self._credential_id(request)
         await self._store.update(
             credential_id,
             client_id=body.client_id,
@@ -477,7 +495,7 @@ class ControlServer:
         return json_response(await self._credential_view(credential_id))
 
     async def _set_status(self, request: web.Request, status: str) -> web.Response:
-        credential_id = self._uuid(request.match_info["id"])
+        credential_id = await self._credential_id(request)
         await self._store.set_status(credential_id, CredentialStatus(status))
         log_event(logger, logging.INFO, f"credential.{status}", credential_id=credential_id)
         await self._services.credential_changed(credential_id, False)
@@ -490,14 +508,14 @@ class ControlServer:
         return await self._set_status(request, "disabled")
 
     async def credentials_remove(self, request: web.Request) -> web.Response:
-        credential_id = self._uuid(request.match_info["id"])
+        credential_id = await self._credential_id(request)
         await self._store.remove(credential_id)
         log_event(logger, logging.INFO, "credential.removed", credential_id=credential_id)
         await self._services.credential_changed(credential_id, True)
         return json_response({"removed": str(credential_id)})
 
     async def credentials_test(self, request: web.Request) -> web.Response:
-        credential_id = self._uuid(request.match_info["id"])
+        credential_id = await self._credential_id(request)
         credential = await self._store.get(credential_id)
         started = time.monotonic()
         try:
@@ -526,22 +544,54 @@ class ControlServer:
         )
 
 
-async def status_document(syncs: SyncStore, query: StatusQuery) -> dict[str, Any]:
-    """`{"syncs": [...], "summary": {...}}` for the status filters."""
+def _whole_id(ref: str, store: str) -> uuid.UUID:
+    """An id given whole, where no store is at hand to resolve a prefix (a caller's bug)."""
+    if not is_whole_id(ref):
+        raise ValueError(f"the id prefix {ref} needs {store} to resolve it")
+    return uuid.UUID(ref)
+
+
+async def status_document(
+    syncs: SyncStore, query: StatusQuery, *, runs: RunStore | None = None
+) -> dict[str, Any]:
+    """`{"syncs": [...], "summary": {...}}` for the status filters (a run id prefix resolved by
+    `runs`); with both `since` and `last_24h`, the later start counts."""
+    run_id = None
+    if query.run_id is not None:
+        run_id = (
+            await runs.resolve(query.run_id) if runs else _whole_id(query.run_id, "the run store")
+        )
+    starts = [query.since] if query.since else []
+    if query.last_24h:
+        starts.append(datetime.now(UTC) - timedelta(hours=24))
     views, summary = await syncs.status(
         company_id=query.company_id,
         running_only=query.running_only,
         failed_only=query.failed_only,
-        since=datetime.now(UTC) - timedelta(hours=24) if query.last_24h else None,
+        since=max(starts, default=None),
         limit=query.limit,
+        run_id=run_id,
+        environment=query.environment.value if query.environment else None,
+        data_type=query.data_type.value if query.data_type else None,
     )
     return {"syncs": views, "summary": summary}
 
 
-async def dead_letters_document(syncs: SyncStore, query: DeadLettersQuery) -> DeadLetters:
-    """One page of the matching dead letters, newest first, and how many match in all."""
+async def dead_letters_document(
+    syncs: SyncStore, query: DeadLettersQuery, *, credentials: CredentialStore | None = None
+) -> DeadLetters:
+    """One page of the matching dead letters, newest first, and how many match in all. A
+    credential id prefix is resolved by `credentials`; a whole id is taken as it is (dead letters
+    outlive their credential)."""
+    credential_id = None
+    ref = query.credential_id
+    if ref is not None:
+        if is_whole_id(ref) or credentials is None:
+            credential_id = _whole_id(ref, "the credential store")
+        else:
+            credential_id = await credentials.resolve(ref)
     return await syncs.dead_letters(
-        credential_id=query.credential_id,
+        credential_id=credential_id,
         company_id=query.company_id,
         environment=query.environment.value if query.environment else None,
         data_type=query.data_type.value if query.data_type else None,

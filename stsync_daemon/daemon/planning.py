@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 from ..config import Settings
 from ..enums import CredentialStatus, DataType, ErrorCategory, SyncMode, Trigger
-from ..errors import StsyncError
-from ..requests import ProcessRequest, RetryRequest
+from ..errors import NotFoundError, StsyncError
+from ..requests import ProcessRequest, RetryRequest, is_whole_id
 from ..servicetitan import ServiceTitanClient
 from ..store.credentials import Credential, CredentialStore
 from ..store.syncs import SyncStore
@@ -42,6 +42,18 @@ def _unschedulable(credential: Credential) -> str | None:
     if not credential.schedule_enabled:
         return "scheduled syncs turned off for this credential"
     return None
+
+
+def _nothing_matches(request: ProcessRequest, credential_id: uuid.UUID | None) -> str:
+    """One line naming the filters that matched no credential."""
+    named = []
+    if credential_id is not None:
+        named.append(f"--credential-id {credential_id}")
+    if request.company_id:
+        named.append(f"--company-id {request.company_id}")
+    if request.environment:
+        named.append(f"--environment {request.environment.value}")
+    return f"no credential matches {' '.join(named)} (see `stsyncctl credentials list`)"
 
 
 @dataclass(frozen=True)
@@ -84,12 +96,23 @@ class Planner:
     async def _select_process(
         self, request: ProcessRequest, trigger: Trigger
     ) -> tuple[list[WorkItem], list[SkippedView]]:
+        scheduled = trigger is Trigger.SCHEDULED
+        credential_id = None
+        if request.credential_id is not None:
+            # A prefix is resolved (unique, or an error); a whole id is taken as it is.
+            ref = request.credential_id
+            credential_id = (
+                uuid.UUID(ref) if is_whole_id(ref) else await self._credentials.resolve(ref)
+            )
         found = await self._credentials.list(
             environment=request.environment,
             company_id=request.company_id,
-            credential_id=request.credential_id,
+            credential_id=credential_id,
         )
-        scheduled = trigger is Trigger.SCHEDULED
+        if not found and not scheduled and (request.company_id or credential_id):
+            # An operator (or cron) naming a company or credential that matches nothing has made
+            # a mistake: say so rather than run nothing with success.
+            raise NotFoundError(_nothing_matches(request, credential_id))
         mode = SyncMode.FULL if request.full else SyncMode.INCREMENTAL
         items: list[WorkItem] = []
         skipped: list[SkippedView] = []

@@ -17,7 +17,7 @@ from ..errors import AppKeyError, ConflictError, NotFoundError, SecretsError
 from ..servicetitan import CredentialAccess
 from ..views import CredentialView, iso
 from .crypto import SecretCipher
-from .sql import load
+from .sql import load, resolve_id
 
 _SQL = load("credentials.sql")
 
@@ -144,14 +144,20 @@ class CredentialStore:
         environment: Environment | None = None,
         company_id: str | None = None,
         credential_id: uuid.UUID | None = None,
+        status: CredentialStatus | None = None,
     ) -> list[Credential]:
         rows = await self._pool.fetch(
             _SQL["select_credentials"],
             environment.value if environment else None,
             company_id,
             credential_id,
+            status.value if status else None,
         )
         return [Credential.from_row(r) for r in rows]
+
+    async def resolve(self, ref: str) -> uuid.UUID:
+        """The credential a whole id or a unique prefix of one stands for."""
+        return await resolve_id(self._pool, _SQL["resolve_credential_id"], ref, "credential")
 
     async def get(self, credential_id: uuid.UUID) -> Credential:
         row = await self._pool.fetchrow(_SQL["select_credential"], credential_id)

@@ -15,7 +15,7 @@ INSERT INTO stsync.credentials (id, company_id, environment, tenant_id, client_i
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- name: select_credentials
--- Credentials matching the filters (environment, company, id), without secrets.
+-- Credentials matching the filters (environment, company, id, status), without secrets.
 SELECT c.id, c.company_id, co.name AS company_name, c.environment, c.tenant_id, c.client_id,
        c.status, c.last_error, c.last_error_at, c.schedule_enabled,
        c.app_key_encrypted IS NOT NULL AS has_app_key, c.created_at, c.updated_at
@@ -23,6 +23,7 @@ FROM stsync.credentials c JOIN stsync.companies co ON co.id = c.company_id
 WHERE ($1::text IS NULL OR c.environment = $1)
   AND ($2::text IS NULL OR c.company_id = $2)
   AND ($3::uuid IS NULL OR c.id = $3)
+  AND ($4::text IS NULL OR c.status = $4)
 ORDER BY co.name, c.company_id, c.environment, c.tenant_id;
 
 -- name: select_credential
@@ -134,3 +135,8 @@ WHERE k.last_success_at IS NOT NULL AND c.status <> 'disabled' AND c.schedule_en
                 AND (s.company_id IS NULL OR s.company_id = c.company_id)
                 AND (s.credential_id IS NULL OR s.credential_id = c.id::text)
                 AND s.data_type = k.data_type);
+
+-- name: resolve_credential_id
+-- How many credential ids lie between $1 and $2 (an id prefix's range), and one of them.
+SELECT count(*) AS n, (array_agg(id))[1] AS id
+FROM stsync.credentials WHERE id BETWEEN $1 AND $2;

@@ -19,7 +19,7 @@ from typing import Literal
 import asyncpg
 
 from ..views import InstanceView, RunView, iso
-from .sql import load
+from .sql import load, resolve_id
 
 _SQL = load("runs.sql")
 
@@ -136,6 +136,16 @@ class RunStore:
             self.instance,
         )
         return started
+
+    async def resolve(self, ref: str) -> uuid.UUID:
+        """The run a whole id or a unique prefix of one stands for."""
+        return await resolve_id(self._pool, _SQL["resolve_run_id"], ref, "run")
+
+    async def resolve_run_or_sync(self, ref: str) -> uuid.UUID:
+        """The run or sync a whole id or a unique prefix of one stands for (what `cancel` takes)."""
+        return await resolve_id(
+            self._pool, _SQL["resolve_run_or_sync_id"], ref, "run or sync", "runs or syncs"
+        )
 
     async def finish_run(self, run_id: uuid.UUID, status: str, summary: bytes | None) -> None:
         await self._pool.execute(_SQL["finish_run"], run_id, status, summary)

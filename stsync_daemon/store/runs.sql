@@ -231,3 +231,16 @@ WITH gone AS (
     RETURNING 1
 )
 SELECT count(*) FROM gone;
+
+-- name: resolve_run_id
+-- How many run ids lie between $1 and $2 (an id prefix's range), and one of them.
+SELECT count(*) AS n, (array_agg(id))[1] AS id
+FROM stsync.runs WHERE id BETWEEN $1 AND $2;
+
+-- name: resolve_run_or_sync_id
+-- How many run and sync ids lie between $1 and $2 (an id prefix's range), and one of them: what
+-- `cancel` may be given.
+SELECT count(*) AS n, (array_agg(id))[1] AS id
+FROM (SELECT id FROM stsync.runs WHERE id BETWEEN $1 AND $2
+      UNION ALL
+      SELECT id FROM stsync.sync_log WHERE id BETWEEN $1 AND $2) AS found;

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from ..errors import NotFoundError
 from ..views import (
     DeadLetters,
     DeadLetterView,
@@ -24,7 +25,7 @@ from ..views import (
     SyncView,
     iso,
 )
-from .sql import load
+from .sql import load, resolve_id
 
 _SQL = load("syncs.sql")
 
@@ -290,18 +291,40 @@ class SyncStore:
         failed_only: bool,
         since: datetime | None,
         limit: int,
+        run_id: uuid.UUID | None = None,
+        environment: str | None = None,
+        data_type: str | None = None,
     ) -> tuple[list[SyncView], StatusSummary]:
-        """The newest syncs matching the filters, and statistics over all that match."""
-        filters = (company_id, running_only, failed_only, since)
-        rows = await self._pool.fetch(_SQL["select_syncs"], *filters, None, limit)
-        if since is None:  # all time: the totals, not a scan of the whole log
+        """The newest syncs matching the filters, and statistics over all that match.
+
+        `failed_only`: every status a retry picks up (failed, timed out, interrupted).
+        """
+        filters = (company_id, running_only, failed_only, since, run_id, environment, data_type)
+        rows = await self._pool.fetch(_SQL["select_syncs"], *filters, limit)
+        if since is None and run_id is None:  # all time: the totals, not a scan of the whole log
             stats = await self._pool.fetch(
-                _SQL["summarize_totals"], company_id, running_only, failed_only
+                _SQL["summarize_totals"],
+                company_id,
+                running_only,
+                failed_only,
+                environment,
+                data_type,
             )
         else:
             stats = await self._pool.fetch(_SQL["summarize_syncs"], *filters)
         dead = await self._pool.fetchval(_SQL["count_open_dead_letters"], company_id)
         return [sync_view(r) for r in rows], _summary(stats, dead_letters=dead)
+
+    async def resolve(self, ref: str) -> uuid.UUID:
+        """The sync a whole id or a unique prefix of one stands for."""
+        return await resolve_id(self._pool, _SQL["resolve_sync_id"], ref, "sync")
+
+    async def get(self, sync_id: uuid.UUID) -> SyncView:
+        """One sync, with its whole error message."""
+        row = await self._pool.fetchrow(_SQL["select_sync"], sync_id)
+        if row is None:
+            raise NotFoundError(f"no sync with id {sync_id}")
+        return sync_view(row)
 
     async def finished_of_run(self, run_id: uuid.UUID) -> list[SyncView]:
         """A run's finished syncs, every instance's, oldest first."""
@@ -379,7 +402,9 @@ class SyncStore:
             }
             for r in await self._pool.fetch(_SQL["report_rows"], since)
         ]
-        stats = await self._pool.fetch(_SQL["summarize_syncs"], None, False, False, since)
+        stats = await self._pool.fetch(
+            _SQL["summarize_syncs"], None, False, False, since, None, None, None
+        )
         dead = await self._pool.fetchval(_SQL["count_open_dead_letters"], None)
         return {
             "generated_at": iso(now) or "",

@@ -198,18 +198,22 @@ FROM stsync.dead_letters WHERE resolved_at IS NULL
 GROUP BY environment, data_type;
 
 -- name: select_syncs
--- Syncs matching the status filters, newest first, at most $6.
+-- Syncs matching the status filters, newest first, at most $8. Failed means every status a retry
+-- picks up (failed, timed_out, interrupted: the partial index sync_log_failed_idx).
 SELECT s.* FROM stsync.sync_view s
 WHERE ($1::text IS NULL OR s.company_id = $1)
   AND (NOT $2 OR s.status = 'running')
-  AND (NOT $3 OR s.status = 'failed')
+  AND (NOT $3 OR s.status IN ('failed', 'timed_out', 'interrupted'))
   AND ($4::timestamptz IS NULL OR s.started_at >= $4)
   AND ($5::uuid IS NULL OR s.run_id = $5)
+  AND ($6::text IS NULL OR s.environment = $6)
+  AND ($7::text IS NULL OR s.data_type = $7)
 ORDER BY s.started_at DESC
-LIMIT $6;
+LIMIT $8;
 
 -- name: summarize_syncs
--- Counts, records and mean duration per status over the syncs matching the filters.
+-- Counts, records and mean duration per status over the syncs matching the status filters ($1..$7
+-- as select_syncs). A join, not `IN (subquery)`: a company's syncs come through the pair index.
 SELECT s.status, count(*) AS n, sum(s.records_processed) AS records,
        sum(s.records_failed) AS failed_records,
        avg(extract(epoch FROM s.completed_at - s.started_at)) AS mean_seconds
@@ -217,8 +221,11 @@ FROM stsync.sync_log s
 JOIN stsync.credentials c ON c.id = s.credential_id
 WHERE ($1::text IS NULL OR c.company_id = $1)
   AND (NOT $2 OR s.status = 'running')
-  AND (NOT $3 OR s.status = 'failed')
+  AND (NOT $3 OR s.status IN ('failed', 'timed_out', 'interrupted'))
   AND ($4::timestamptz IS NULL OR s.started_at >= $4)
+  AND ($5::uuid IS NULL OR s.run_id = $5)
+  AND ($6::text IS NULL OR c.environment = $6)
+  AND ($7::text IS NULL OR s.data_type = $7)
 GROUP BY s.status;
 
 -- name: finished_syncs_of_run
@@ -303,8 +310,9 @@ WITH gone AS (
 SELECT count(*) FROM gone;
 
 -- name: summarize_totals
--- What summarize_syncs says without a time window, from the totals (finished syncs) and the running
--- syncs (few, indexed): fast whatever the size of the sync log.
+-- What summarize_syncs says with no time window and no run ($1 company, $2 running only, $3 failed
+-- only, $4 environment, $5 data type), from the totals (finished syncs) and the running syncs (few,
+-- indexed): fast whatever the size of the sync log.
 SELECT t.status, sum(t.syncs)::bigint AS n, sum(t.records)::bigint AS records,
        sum(t.failed_records)::bigint AS failed_records,
        sum(t.seconds) / nullif(sum(t.syncs), 0) AS mean_seconds
@@ -312,14 +320,19 @@ FROM stsync.sync_totals t
 JOIN stsync.credentials c ON c.id = t.credential_id
 WHERE ($1::text IS NULL OR c.company_id = $1)
   AND NOT $2
-  AND (NOT $3 OR t.status = 'failed')
+  AND (NOT $3 OR t.status IN ('failed', 'timed_out', 'interrupted'))
+  AND ($4::text IS NULL OR c.environment = $4)
+  AND ($5::text IS NULL OR t.data_type = $5)
   AND t.syncs > 0
 GROUP BY t.status
 UNION ALL
 SELECT 'running', count(*), sum(s.records_processed), sum(s.records_failed), NULL
 FROM stsync.sync_log s
 JOIN stsync.credentials c ON c.id = s.credential_id
-WHERE s.status = 'running' AND ($1::text IS NULL OR c.company_id = $1) AND NOT $3
+WHERE s.status = 'running' AND NOT $3
+  AND ($1::text IS NULL OR c.company_id = $1)
+  AND ($4::text IS NULL OR c.environment = $4)
+  AND ($5::text IS NULL OR s.data_type = $5)
 HAVING count(*) > 0;
 
 -- name: begin_backfill
@@ -337,3 +350,12 @@ ON CONFLICT (credential_id, data_type) DO UPDATE SET
 -- In a batch's transaction: the list pages ($3) it committed.
 UPDATE stsync.cursors SET backfill_done = backfill_done || $3::integer[]
 WHERE credential_id = $1 AND data_type = $2;
+
+-- name: resolve_sync_id
+-- How many sync ids lie between $1 and $2 (an id prefix's range), and one of them.
+SELECT count(*) AS n, (array_agg(id))[1] AS id
+FROM stsync.sync_log WHERE id BETWEEN $1 AND $2;
+
+-- name: select_sync
+-- One sync, as the sync view shows it.
+SELECT s.* FROM stsync.sync_view s WHERE s.id = $1;

@@ -98,6 +98,18 @@ RUNNING_SYNC = sync_view(
     records_successful=250,
 )
 ALL_SYNCS = [RUNNING_SYNC, sync_view(), FAILED_SYNC]
+TRACE_ID = "00-6f1c0b9d2e3a4f5b8c7d6e5f4a3b2c1d-9e8f7a6b5c4d3e2f-01"
+# A message longer than the status table's Error column: its traceId is cut off there.
+LONG_ERROR = (
+    "ServiceTitan answered 400 Bad Request on GET /crm/v2/tenant/555/export/invoices: "
+    "The continuation token is malformed or was issued for another export; start a new export "
+    f"without it (traceId {TRACE_ID})"
+)
+
+
+def _matches(ref: str, full: str) -> bool:
+    """Whether an id reference (whole, or a prefix without dashes) stands for `full`."""
+    return full.replace("-", "").startswith(ref.replace("-", "").lower())
 
 
 def status_summary(syncs: list[SyncView], dead_letters: int = 0) -> StatusSummary:
@@ -320,6 +332,7 @@ class FakeDaemon:
                 web.post(f"{API_PREFIX}/retry", self.run),
                 web.get(f"{API_PREFIX}/runs", self.runs),
                 web.post(f"{API_PREFIX}/cancel/{{target}}", self.cancel),
+                web.get(f"{API_PREFIX}/syncs/{{id}}", self.sync_show),
                 web.get(f"{API_PREFIX}/schedules", self.schedules),
                 web.get(f"{API_PREFIX}/report", self.report),
                 web.get(f"{API_PREFIX}/credentials", self.credentials_list),
@@ -392,9 +405,16 @@ class FakeDaemon:
         if request.query.get("running_only") == "true":
             syncs = [s for s in syncs if s["status"] == "running"]
         if request.query.get("failed_only") == "true":
-            syncs = [s for s in syncs if s["status"] in ("failed", "timed_out")]
-        if "company_id" in request.query:
-            syncs = [s for s in syncs if s["company_id"] == request.query["company_id"]]
+            syncs = [s for s in syncs if s["status"] in ("failed", "timed_out", "interrupted")]
+        for key in ("company_id", "environment", "data_type"):
+            if key in request.query:
+                syncs = [s for s in syncs if s[key] == request.query[key]]  # type: ignore[literal-required]
+        if "run_id" in request.query:
+            if not _matches(request.query["run_id"], RUN_ID):
+                return self.error(
+                    404, "not_found", f"no run id starts with {request.query['run_id']}"
+                )
+            syncs = [s for s in syncs if s["run_id"] == RUN_ID]
         summary = status_summary(syncs, open_dead_letters(request.query.get("company_id")))
         limit = int(request.query.get("limit", "50"))
         return web.json_response({"syncs": syncs[:limit], "summary": summary})
@@ -498,9 +518,24 @@ class FakeDaemon:
 
     async def cancel(self, request: web.Request) -> web.Response:
         target = request.match_info["target"]
-        if target == RUN_ID:
-            return web.json_response({"cancelled": "run", "id": target})
+        if _matches(target, RUN_ID):
+            return web.json_response({"cancelled": "run", "id": RUN_ID})
         return self.error(404, "not_found", f"no running run or sync with id {target}")
+
+    async def sync_show(self, request: web.Request) -> web.Response:
+        ref = request.match_info["id"]
+        if ref.replace("-", "") == "0000":
+            return self.error(
+                400,
+                "bad_request",
+                "id prefix 0000 is ambiguous: 3 syncs match; give more of its digits",
+            )
+        for sync in ALL_SYNCS:
+            if _matches(ref, sync["id"]):
+                if sync["id"] == SYNC_FAILED:
+                    return web.json_response({**sync, "error_message": LONG_ERROR})
+                return web.json_response(sync)
+        return self.error(404, "not_found", f"no sync id starts with {ref}")
 
     async def schedules(self, request: web.Request) -> web.Response:
         return web.json_response({"schedules": [SCHEDULE]})
@@ -539,24 +574,29 @@ class FakeDaemon:
         return web.json_response(dead_letters_document(dict(request.query)))
 
     async def credentials_list(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "credentials": [
-                    credential_view(),
-                    credential_view(
-                        CRED_B,
-                        company_id="2077",
-                        company="Bolt Plumbing",
-                        environment="integration",
-                        status="error",
-                        last_error="ServiceTitan rejected the client secret",
-                    ),
-                ]
-            }
-        )
+        found = [
+            credential_view(),
+            credential_view(
+                CRED_B,
+                company_id="2077",
+                company="Bolt Plumbing",
+                environment="integration",
+                status="error",
+                last_error="ServiceTitan rejected the client secret",
+            ),
+        ]
+        for key in ("environment", "company_id", "status"):
+            if key in request.query:
+                found = [c for c in found if c[key] == request.query[key]]  # type: ignore[literal-required]
+        return web.json_response({"credentials": found})
+
+    @staticmethod
+    def _credential_id(request: web.Request) -> str | None:
+        """The credential a whole id or a prefix stands for (the daemon resolves prefixes)."""
+        return next((c for c in (CRED_A, CRED_B) if _matches(request.match_info["id"], c)), None)
 
     def _known(self, request: web.Request) -> web.Response | None:
-        if request.match_info["id"] not in (CRED_A, CRED_B):
+        if self._credential_id(request) is None:
             return self.error(404, "not_found", f"no credential with id {request.match_info['id']}")
         return None
 
@@ -565,7 +605,7 @@ class FakeDaemon:
         if missing is not None:
             return missing
         status = {"enable": "active", "disable": "disabled"}.get(request.path.rsplit("/", 1)[-1])
-        view = credential_view(request.match_info["id"])
+        view = credential_view(self._credential_id(request) or "")
         if status:
             view["status"] = status
         return web.json_response(view)
@@ -589,13 +629,13 @@ class FakeDaemon:
         missing = self._known(request)
         if missing is not None:
             return missing
-        return web.json_response({"removed": request.match_info["id"]})
+        return web.json_response({"removed": self._credential_id(request)})
 
     async def credentials_test(self, request: web.Request) -> web.Response:
         missing = self._known(request)
         if missing is not None:
             return missing
-        if request.match_info["id"] == CRED_B:
+        if self._credential_id(request) == CRED_B:
             return web.json_response(
                 {
                     "ok": False,

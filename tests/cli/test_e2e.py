@@ -261,9 +261,17 @@ async def test_process_status_runs_report_with_correct_numbers(
     )
     assert "Syncs:             1 (1 successful, 0 failed)" in human.stdout
 
+    # A company filter that matches nothing is a mistake (a typo in a cron line), not success.
     nothing = await ctl("process", "-c", "no-such-company")
-    assert nothing.code == 0
-    assert nothing.stdout.splitlines()[0] == "No credentials found matching the criteria"
+    assert (nothing.code, nothing.stdout) == (1, "")
+    assert nothing.stderr == (
+        "stsyncctl: no credential matches --company-id no-such-company "
+        "(see `stsyncctl credentials list`)\n"
+    )
+    elsewhere = await ctl("process", "--dry-run", "-c", "co303", "-e", "production")
+    assert elsewhere.code == 1 and "--company-id co303 --environment production" in elsewhere.stderr
+    # No filter naming anything: nothing to do is still success.
+    assert (await ctl("process", "--dry-run", "-e", "integration", "-d", "invoices")).code == 0
 
     status = await ctl.json("status")
     assert status["summary"]["total_syncs"] == 5
@@ -536,3 +544,172 @@ async def test_dead_letters_and_their_count_in_status(
     status_code, body = await daemon.request("GET", "/v1/dead-letters?include_resolved=maybe")
     assert status_code == 400 and body["message"].startswith("include_resolved: ")
     ctl.assert_no_secret()
+
+
+# -- at scale (issue 14): id prefixes, server-side filters, show, quiet ------------------------
+
+
+async def insert_sync(
+    dsn: str, credential_id: str, status: str, message: str, *, sync_id: uuid.UUID | None = None
+) -> str:
+    """A finished sync row as the daemon would have left it (timed out, interrupted...)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        value = await conn.fetchval(
+            "INSERT INTO stsync.sync_log (id, credential_id, data_type, trigger, mode, status, "
+            "started_at, completed_at, error_category, error_message) VALUES ($1, $2, "
+            "'invoices', 'scheduled', 'incremental', $3, now() - interval '2 hours', "
+            "now() - interval '1 hour', 'timeout', $4) RETURNING id",
+            sync_id or uuid.uuid4(),
+            uuid.UUID(credential_id),
+            status,
+            message,
+        )
+        return str(value)
+    finally:
+        await conn.close()
+
+
+async def test_id_prefixes_resolve_on_the_daemon(daemon: DaemonProcess, database_dsn: str) -> None:
+    ctl = Operator(daemon)
+    ids = [await ctl.add(spec) for spec in TENANTS]
+    # Two credentials whose ids share a prefix (as they will, with 10,000 tenants).
+    conn = await asyncpg.connect(database_dsn)
+    try:
+        for n, old in enumerate(ids[:2], start=1):
+            await conn.execute(
+                "UPDATE stsync.credentials SET id = $1 WHERE id = $2",
+                uuid.UUID(f"abcd{n:04x}-0000-4000-8000-000000000000"),
+                uuid.UUID(old),
+            )
+    finally:
+        await conn.close()
+    first, second, third = (
+        "abcd0001-0000-4000-8000-000000000000",
+        "abcd0002-0000-4000-8000-000000000000",
+        ids[2],
+    )
+
+    ambiguous = await ctl("credentials", "show", "ABCD")
+    assert (ambiguous.code, ambiguous.stdout) == (1, "")
+    assert ambiguous.stderr == (
+        "stsyncctl: id prefix abcd is ambiguous: 2 credentials match; give more of its digits\n"
+    )
+    shown = await ctl.json("credentials", "show", "abcd0001")
+    assert shown["id"] == first
+    disabled = await ctl("credentials", "disable", "abcd0002-0")
+    assert disabled.code == 0 and disabled.stdout.startswith(f"Disabled credential {second} ")
+    none = await ctl("credentials", "enable", "abcd0003")
+    assert none.code == 1 and none.stderr == "stsyncctl: no credential id starts with abcd0003\n"
+    whole = await ctl("credentials", "test", "99999999-9999-4999-8999-999999999999")
+    assert whole.code == 1 and whole.stderr == (
+        "stsyncctl: no credential with id 99999999-9999-4999-8999-999999999999\n"
+    )
+    short = await ctl("credentials", "show", "abc")
+    assert short.code == 2 and "CREDENTIAL_ID" in short.stderr.splitlines()[-1]
+
+    # process --credential-id: a prefix selects its one credential; an ambiguous one, none.
+    plan = await ctl.json("process", "--dry-run", "--credential-id", third[:8])
+    assert {item["credential_id"] for item in plan["items"]} == {third}
+    assert (await ctl("process", "--dry-run", "--credential-id", "abcd")).code == 1
+    run = await ctl.json("process", "--credential-id", third[:6], "-d", "customers")
+    assert run["successful_syncs"] == 1
+    [sync] = run["syncs"]
+
+    # status --run, show and cancel take prefixes of run and sync ids too.
+    by_run = await ctl.json("status", "--run", run["run_id"][:5])
+    assert [s["id"] for s in by_run["syncs"]] == [sync["id"]]
+    assert by_run["summary"]["total_syncs"] == 1
+    assert (await ctl.json("show", sync["id"][:7]))["id"] == sync["id"]
+    gone = await ctl("cancel", run["run_id"][:6])
+    assert gone.code == 1 and gone.stderr == (
+        f"stsyncctl: no running run or sync with id {run['run_id']}\n"
+    )
+    # A sync id sharing the run's first digits: `cancel` cannot tell which is meant.
+    twin = uuid.UUID(run["run_id"][:9] + "0000-4000-8000-000000000000")
+    await insert_sync(database_dsn, third, "failed", "x", sync_id=twin)
+    twins = await ctl("cancel", run["run_id"][:8])
+    assert twins.code == 1
+    assert twins.stderr.startswith(
+        f"stsyncctl: id prefix {run['run_id'][:8]} is ambiguous: 2 runs or syncs match"
+    )
+
+    letters = await ctl.json("dead-letters", "--credential-id", third[:4])
+    assert letters == {"dead_letters": [], "total": 0}
+    ctl.assert_no_secret()
+
+
+async def test_server_side_filters_show_failed_only_and_quiet(
+    daemon: DaemonProcess, database_dsn: str
+) -> None:
+    ctl = Operator(daemon)
+    good = await ctl.add(TENANTS[0])
+    bad = await ctl.add(TENANTS[1], secret="cs.WRONG-302")
+    integ = await ctl.add(TENANTS[2])
+
+    quiet_ok = await ctl("process", "-q", "-e", "integration")
+    assert (quiet_ok.code, quiet_ok.stdout, quiet_ok.stderr) == (0, "", "")
+    quiet_failed = await ctl("process", "--quiet", "-e", "production")
+    assert quiet_failed.code == 1 and quiet_failed.stdout == ""
+    lines = quiet_failed.stderr.splitlines()
+    assert len(lines) == 3, lines
+    assert all(
+        line.startswith("stsyncctl: Sync failed for Company 302 (production, ")
+        for line in lines[:2]
+    )
+    assert lines[2].startswith("stsyncctl: run ") and "2 of 4 syncs failed" in lines[2]
+
+    # credentials list --status / --environment / --company-id, filtered by the daemon.
+    errored = await ctl.json(
+        "credentials", "list", "--status", "error", "--environment", "production"
+    )
+    assert [c["id"] for c in errored["credentials"]] == [bad]
+    active = await ctl.json("credentials", "list", "--status", "active")
+    assert {c["id"] for c in active["credentials"]} == {good, integ}
+    assert [
+        c["id"] for c in (await ctl.json("credentials", "list", "-c", "co303"))["credentials"]
+    ] == [integ]
+    nothing = await ctl("credentials", "list", "--status", "disabled")
+    assert nothing.stdout == "No credentials found matching the criteria\n"
+
+    # --failed-only: failed, timed out and interrupted, as the README says.
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    long_message = (
+        "ServiceTitan answered 400 on GET /accounting/v2/tenant/301/export/invoices: the "
+        "continuation token is malformed or was issued for another export; start a new export "
+        f"(traceId {trace})"
+    )
+    timed_out = await insert_sync(database_dsn, good, "timed_out", long_message)
+    interrupted = await insert_sync(database_dsn, integ, "interrupted", "the daemon stopped")
+    failed = await ctl.json("status", "-f")
+    assert {s["status"] for s in failed["syncs"]} == {"failed", "timed_out", "interrupted"}
+    assert {timed_out, interrupted} <= {s["id"] for s in failed["syncs"]}
+    assert failed["summary"]["total_syncs"] == 4
+    assert failed["summary"]["by_status"] == {"failed": 2, "timed_out": 1, "interrupted": 1}
+
+    # --environment, --data-type, --since: filters of the table and of the summary alike.
+    prod_invoices = await ctl.json("status", "-e", "production", "-d", "invoices")
+    assert {(s["environment"], s["data_type"]) for s in prod_invoices["syncs"]} == {
+        ("production", "invoices")
+    }
+    assert prod_invoices["summary"]["total_syncs"] == len(prod_invoices["syncs"]) == 3
+    recent = await ctl.json("status", "--since", "30m")
+    assert timed_out not in {s["id"] for s in recent["syncs"]}
+    assert recent["summary"]["total_syncs"] == 6
+    earlier = await ctl.json("status", "--since", "3h", "-f", "-e", "integration")
+    assert [s["id"] for s in earlier["syncs"]] == [interrupted]
+    future = await ctl("status", "--since", "2999-01-01")
+    assert future.stdout == "No sync operations found matching the criteria\n"
+    bad_since = await ctl("status", "--since", "soon")
+    assert bad_since.code == 2 and "argument --since" in bad_since.stderr
+
+    # show: the whole message, traceId included, which the table cuts.
+    table = await ctl("status", "-f")
+    assert timed_out in table.stdout and trace not in table.stdout
+    shown = await ctl("show", timed_out[:8])
+    assert shown.code == 0, shown.stderr
+    assert shown.stdout.splitlines()[-2:] == ["Error message:", f"  {long_message}"]
+    assert "Status:             timed_out" in shown.stdout
+    as_json = await ctl.json("show", timed_out)
+    assert as_json["error_message"] == long_message and as_json["credential_id"] == good
+    ctl.assert_no_secret("cs.WRONG-302")

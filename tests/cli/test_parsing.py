@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +12,18 @@ import pytest
 
 from stsync_daemon.cli import stsyncctl
 from stsync_daemon.cli.parser import build_parser, command_path
-from stsync_daemon.cli.requests import UsageError, read_secret, wire
+from stsync_daemon.cli.requests import UsageError, parse_when, query_params, read_secret, wire
 from stsync_daemon.cli.stsyncctl import socket_path
 from stsync_daemon.control.protocol import (
     CredentialAdd,
+    CredentialsQuery,
     CredentialUpdate,
     DeadLettersQuery,
     ProcessRequest,
     RetryRequest,
     StatusQuery,
 )
-from stsync_daemon.enums import DataTypeFilter, Environment
+from stsync_daemon.enums import CredentialStatus, DataTypeFilter, Environment
 
 CRED = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
 
@@ -97,6 +98,7 @@ COMMANDS = [
     ["schedules", "resume"],
     ["runs"],
     ["cancel"],
+    ["show"],
     ["report"],
     ["dead-letters"],
     ["health"],
@@ -155,7 +157,9 @@ def test_process_defaults() -> None:
         (["--environment", "production"], {"environment": Environment.PRODUCTION}),
         (["-c", "1042"], {"company_id": "1042"}),
         (["--company-id", "1042"], {"company_id": "1042"}),
-        (["--credential-id", CRED], {"credential_id": uuid.UUID(CRED)}),
+        (["--credential-id", CRED], {"credential_id": CRED}),
+        (["--credential-id", "AAAA"], {"credential_id": "aaaa"}),
+        (["--credential-id", "aaaaaaaa-aa"], {"credential_id": "aaaaaaaaaa"}),
         (["-d", "customers"], {"data_type": DataTypeFilter.CUSTOMERS}),
         (["--data-type", "invoices"], {"data_type": DataTypeFilter.INVOICES}),
         (["--data-type", "both"], {"data_type": DataTypeFilter.BOTH}),
@@ -192,6 +196,19 @@ def test_process_options(argv: list[str], expected: dict[str, Any]) -> None:
         (["retry", "--max-retries", "-1"], "--max-retries"),
         (["runs", "--limit", "0"], "--limit"),
         (["cancel", "not-an-id"], "RUN_OR_SYNC_ID"),
+        (["cancel", "abc"], "RUN_OR_SYNC_ID"),
+        (["show", "abc"], "SYNC_ID"),
+        (["show", "zzzz"], "SYNC_ID"),
+        (["show", "ab-cd"], "SYNC_ID"),
+        (["status", "--run", "12"], "--run"),
+        (["status", "--since", "yesterday"], "--since"),
+        (["status", "--since", "2h", "--last-24h"], "--last-24h"),
+        (["status", "-e", "staging"], "-e/--environment"),
+        (["status", "-d", "both"], "-d/--data-type"),
+        (["credentials", "list", "--status", "broken"], "--status"),
+        (["credentials", "enable", "aaa"], "CREDENTIAL_ID"),
+        (["process", "-q", "--json-output"], "-q/--quiet"),
+        (["--json-output", "retry", "--quiet"], "-q/--quiet"),
         (["report", "--hours", "0"], "--hours"),
         (["report", "--last-24h", "--hours", "3"], "--hours"),
         (["credentials", "show", "nope"], "CREDENTIAL_ID"),
@@ -238,6 +255,67 @@ def test_status_defaults_and_options() -> None:
     assert prepare("status", "--failed-only").failed_only
 
 
+def test_status_new_filters() -> None:
+    request = prepare(
+        "status", "--run", "11112222-3", "-e", "production", "-d", "invoices", "--since", "2h"
+    )
+    assert request.run_id == "111122223"
+    assert request.environment is Environment.PRODUCTION
+    assert request.data_type == "invoices"
+    assert request.since is not None
+    ago = datetime.now(UTC) - request.since
+    assert timedelta(hours=2) - timedelta(seconds=5) < ago < timedelta(hours=2, seconds=5)
+    assert prepare("status", "--run", CRED).run_id == CRED
+    # The query string carries the time in UTC with a `Z`.
+    assert query_params(prepare("status", "--since", "2024-05-01T06:00:00+02:00"))["since"] == (
+        "2024-05-01T04:00:00Z"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30m", datetime(2024, 5, 1, 11, 30, tzinfo=UTC)),
+        ("2h", datetime(2024, 5, 1, 10, 0, tzinfo=UTC)),
+        ("3d", datetime(2024, 4, 28, 12, 0, tzinfo=UTC)),
+        ("1w", datetime(2024, 4, 24, 12, 0, tzinfo=UTC)),
+        ("45s", datetime(2024, 5, 1, 11, 59, 15, tzinfo=UTC)),
+        ("2024-04-30", datetime(2024, 4, 30, tzinfo=UTC)),
+        ("2024-04-30T08:15", datetime(2024, 4, 30, 8, 15, tzinfo=UTC)),
+        ("2024-04-30T08:15:00Z", datetime(2024, 4, 30, 8, 15, tzinfo=UTC)),
+        ("2024-04-30T10:15:00+02:00", datetime(2024, 4, 30, 8, 15, tzinfo=UTC)),
+    ],
+)
+def test_since_takes_iso_8601_or_a_time_ago(text: str, expected: datetime) -> None:
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert parse_when(text, now=now, utc=True) == expected
+
+
+def test_since_without_a_zone_is_local_time_unless_utc() -> None:
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    local = parse_when("2024-04-30T08:15", now=now, utc=False)
+    assert local == datetime(2024, 4, 30, 8, 15).astimezone()
+    assert local.tzinfo is not None
+
+
+def test_credentials_list_filters() -> None:
+    assert prepare("credentials", "list") == CredentialsQuery()
+    assert prepare(
+        "credentials", "list", "--status", "error", "--environment", "production", "-c", "1042"
+    ) == CredentialsQuery(
+        status=CredentialStatus.ERROR, environment=Environment.PRODUCTION, company_id="1042"
+    )
+
+
+def test_quiet_and_utc() -> None:
+    assert parse("process", "-q").quiet is True
+    assert parse("retry", "--quiet").quiet is True
+    assert parse("process").quiet is False
+    assert parse("--utc", "status").utc is True
+    assert parse("status", "--utc").utc is True
+    assert parse("status").utc is False
+
+
 def test_retry_defaults_and_options() -> None:
     assert prepare("retry") == RetryRequest(max_age_hours=24, max_retries=10)
     request = prepare(
@@ -267,7 +345,7 @@ def test_dead_letters_defaults_and_options() -> None:
         "10000",
     ) == DeadLettersQuery(
         company_id="1042",
-        credential_id=uuid.UUID(CRED),
+        credential_id=CRED,
         environment=Environment.INTEGRATION,
         data_type="invoices",
         include_resolved=True,
@@ -285,6 +363,8 @@ def test_report_runs_cancel_arguments() -> None:
     assert parse("runs").limit == 20
     assert parse("runs", "--limit", "5").limit == 5
     assert parse("cancel", CRED.upper()).target == CRED
+    assert parse("cancel", "1111").target == "1111"
+    assert parse("show", "ABCDEF01-2").sync_id == "abcdef012"
 
 
 # -- credentials ------------------------------------------------------------------------------

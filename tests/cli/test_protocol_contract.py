@@ -18,10 +18,12 @@ from .conftest import STSYNCCTL, cli_env, run_cli
 from .fake_daemon import (
     CRED_A,
     CRED_B,
+    LONG_ERROR,
     RUN_ID,
     SYNC_FAILED,
     SYNC_OK,
     SYNC_RUNNING,
+    TRACE_ID,
     UNKNOWN,
     FakeDaemon,
     dead_letters_document,
@@ -680,3 +682,135 @@ async def test_module_entry_point(fake_daemon: FakeDaemon) -> None:
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0 and b"Status:" in out
+
+
+# -- at scale: id prefixes, filters, show, quiet, utc (issue 14) ------------------------------
+
+
+async def test_show_prints_the_whole_error_message_that_the_table_cuts(
+    fake_daemon: FakeDaemon,
+) -> None:
+    table = await run_cli(*sock(fake_daemon), "status", "--failed-only")
+    assert SYNC_FAILED in table.stdout and TRACE_ID not in table.stdout
+    shown = await run_cli(*sock(fake_daemon), "show", SYNC_FAILED)
+    assert shown.code == 0, shown.stderr
+    assert fake_daemon.last().path == f"/v1/syncs/{SYNC_FAILED}"
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"ID:                 {SYNC_FAILED}"
+    assert "Status:             failed" in lines
+    assert "Company:            Bolt Plumbing (2077)" in lines
+    assert lines[-2:] == ["Error message:", f"  {LONG_ERROR}"]
+    as_json = await run_cli(*sock(fake_daemon), "show", SYNC_FAILED, "--json-output")
+    assert json.loads(as_json.stdout)["error_message"] == LONG_ERROR
+    ok = await run_cli(*sock(fake_daemon), "show", SYNC_OK)
+    assert ok.stdout.splitlines()[-1] == "Error message:      -"
+
+
+async def test_show_by_prefix_ambiguous_and_unknown(fake_daemon: FakeDaemon) -> None:
+    running = await run_cli(*sock(fake_daemon), "show", SYNC_RUNNING.replace("-", "").upper())
+    assert running.code == 0 and f"ID:                 {SYNC_RUNNING}" in running.stdout
+    assert "Completed:          Running" in running.stdout
+    ambiguous = await run_cli(*sock(fake_daemon), "show", "0000")
+    assert ambiguous.code == 1 and ambiguous.stdout == ""
+    assert ambiguous.stderr == (
+        "stsyncctl: id prefix 0000 is ambiguous: 3 syncs match; give more of its digits\n"
+    )
+    unknown = await run_cli(*sock(fake_daemon), "show", "ffff")
+    assert unknown.code == 1 and unknown.stderr == "stsyncctl: no sync id starts with ffff\n"
+    short = await run_cli(*sock(fake_daemon), "show", "000")
+    assert short.code == 2 and "at least its first 4 hex digits" in short.stderr
+
+
+async def test_credential_commands_take_a_prefix_and_print_the_whole_id(
+    fake_daemon: FakeDaemon,
+) -> None:
+    show = await run_cli(*sock(fake_daemon), "credentials", "show", "AAAA")
+    assert show.code == 0 and "ID:" in show.stdout and CRED_A in show.stdout
+    assert fake_daemon.last().path == "/v1/credentials/aaaa"
+    enable = await run_cli(*sock(fake_daemon), "credentials", "enable", "aaaa")
+    assert enable.stdout.startswith(f"Enabled credential {CRED_A} for Acme HVAC")
+    update = await run_cli(*sock(fake_daemon), "credentials", "update", "aaaa", "--schedule")
+    assert update.stdout.startswith(f"Updated credential {CRED_A}\n")
+    removed = await run_cli(*sock(fake_daemon), "credentials", "remove", "bbbbbbbb-b")
+    assert removed.stdout == f"Removed credential {CRED_B}\n"
+    tested = await run_cli(*sock(fake_daemon), "credentials", "test", "bbbbbbbb")
+    assert tested.code == 1 and tested.stdout.startswith("FAILED: ")
+    cancelled = await run_cli(*sock(fake_daemon), "cancel", RUN_ID[:8])
+    assert cancelled.stdout.startswith(f"Cancelled run {RUN_ID};")
+
+
+async def test_credentials_list_filters_reach_the_daemon(fake_daemon: FakeDaemon) -> None:
+    errors = await run_cli(
+        *sock(fake_daemon), "credentials", "list", "--status", "error", "-e", "integration"
+    )
+    assert errors.code == 0
+    assert fake_daemon.last().query == {"status": "error", "environment": "integration"}
+    assert CRED_B in errors.stdout and CRED_A not in errors.stdout
+    assert errors.stdout.rstrip().endswith("1 credentials")
+    none = await run_cli(
+        *sock(fake_daemon), "credentials", "list", "--company-id", "1042", "--status", "error"
+    )
+    assert none.code == 0
+    assert none.stdout == "No credentials found matching the criteria\n"
+
+
+async def test_status_run_environment_data_type_since_reach_the_daemon(
+    fake_daemon: FakeDaemon,
+) -> None:
+    result = await run_cli(
+        *sock(fake_daemon),
+        "status",
+        "--run",
+        RUN_ID[:4],
+        "-e",
+        "production",
+        "-d",
+        "invoices",
+        "--since",
+        "2024-05-01T06:00:00Z",
+    )
+    assert result.code == 0, result.stderr
+    assert fake_daemon.last().query == {
+        "run_id": "1111",
+        "environment": "production",
+        "data_type": "invoices",
+        "since": "2024-05-01T06:00:00Z",
+        "limit": "50",
+    }
+    assert SYNC_RUNNING in result.stdout and SYNC_OK not in result.stdout
+    unknown = await run_cli(*sock(fake_daemon), "status", "--run", "2222")
+    assert unknown.code == 1 and unknown.stderr == "stsyncctl: no run id starts with 2222\n"
+
+
+async def test_quiet_process_and_retry_say_nothing_unless_something_failed(
+    fake_daemon: FakeDaemon,
+) -> None:
+    fake_daemon.outcome = "ok"
+    for argv in (["process", "-q"], ["retry", "--quiet"], ["process", "-q", "--dry-run"]):
+        quiet = await run_cli(*sock(fake_daemon), *argv)
+        assert (quiet.code, quiet.stdout, quiet.stderr) == (0, "", ""), argv
+    fake_daemon.outcome = "mixed"
+    failed = await run_cli(*sock(fake_daemon), "process", "-q")
+    assert failed.code == 1 and failed.stdout == ""
+    assert failed.stderr.splitlines() == [
+        "stsyncctl: Sync failed for Bolt Plumbing (integration, invoices): ServiceTitan rejected "
+        "the client id or secret: check them with `stsyncctl credentials test`",
+        f"stsyncctl: run {RUN_ID} completed: 1 of 2 syncs failed (stsyncctl status --run {RUN_ID})",
+    ]
+    fake_daemon.outcome = "broken"
+    broken = await run_cli(*sock(fake_daemon), "retry", "-q")
+    assert broken.code == 1 and broken.stdout == ""
+    assert "the database went away" in broken.stderr
+
+
+async def test_utc_shows_times_in_utc_instead_of_local_time(fake_daemon: FakeDaemon) -> None:
+    tokyo = cli_env(TZ="JST-9")
+    local = await run_cli(*sock(fake_daemon), "status", env=tokyo)
+    assert "2024-05-01 19:00:00" in local.stdout and "2024-05-01 10:00:00" not in local.stdout
+    for argv in (["--utc", "status"], ["status", "--utc"]):
+        utc = await run_cli(*sock(fake_daemon), *argv, env=tokyo)
+        assert "2024-05-01 10:00:00" in utc.stdout and "2024-05-01 19:00:00" not in utc.stdout
+    shown = await run_cli(*sock(fake_daemon), "--utc", "show", SYNC_OK, env=tokyo)
+    assert "Started:            2024-05-01 10:00:00" in shown.stdout
+    as_json = await run_cli(*sock(fake_daemon), "--utc", "--json-output", "status", env=tokyo)
+    assert json.loads(as_json.stdout)["syncs"][1]["started_at"] == "2024-05-01T10:00:00Z"

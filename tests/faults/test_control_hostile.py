@@ -51,6 +51,7 @@ ROUTES: dict[str, set[str]] = {
     "/v1/process": {"POST"},
     "/v1/retry": {"POST"},
     "/v1/runs": {"GET"},
+    "/v1/syncs/{id}": {"GET"},
     "/v1/instances": {"GET"},
     "/v1/cancel/{id}": {"POST"},
     "/v1/schedules": {"GET"},
@@ -64,10 +65,20 @@ ROUTES: dict[str, set[str]] = {
 }
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PROPFIND", "FOO")
 QUERY_PARAMS: dict[str, tuple[str, ...]] = {
-    "/v1/status": ("company_id", "running_only", "failed_only", "last_24h", "limit"),
+    "/v1/status": (
+        "company_id",
+        "run_id",
+        "environment",
+        "data_type",
+        "running_only",
+        "failed_only",
+        "last_24h",
+        "since",
+        "limit",
+    ),
     "/v1/runs": ("limit",),
     "/v1/report": ("hours",),
-    "/v1/credentials": ("environment", "company_id"),
+    "/v1/credentials": ("environment", "company_id", "status"),
     "/v1/dead-letters": (
         "credential_id",
         "company_id",
@@ -77,6 +88,7 @@ QUERY_PARAMS: dict[str, tuple[str, ...]] = {
         "limit",
     ),
 }
+ID_PARAMS = frozenset({"credential_id", "run_id"})
 # Query values as sent (already percent-encoded where they need it).
 QUERY_VALUES = (
     "1e308",
@@ -581,12 +593,13 @@ class Generator:
                     yield Case(
                         f"GET {path}?{param}={value[:40]}",
                         target=f"{path}?{param}={value}",
-                        expect=frozenset({200, 400}),
+                        # An id filter takes prefixes: one that matches nothing is not found.
+                        expect=frozenset({200, 400, 404} if param in ID_PARAMS else {200, 400}),
                     )
             yield Case(
                 f"GET {path} with every parameter twice",
                 target=self._every_param(path),
-                expect=frozenset({200, 400}),
+                expect=frozenset({200, 400, 404}),
             )
 
     def _every_param(self, path: str) -> str:

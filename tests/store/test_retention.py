@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -78,12 +79,15 @@ async def add_sync(
     return sync_id
 
 
-async def summaries(pool: asyncpg.Pool, company_id: str | None = None) -> tuple[object, object]:
+async def summaries(
+    pool: asyncpg.Pool, company_id: str | None = None, **filters: Any
+) -> tuple[Any, Any]:
     """The status summary from the totals, and from a scan of the whole log."""
     store = SyncStore(pool)
-    args = {"company_id": company_id, "running_only": False, "failed_only": False, "limit": 1}
-    _, totals = await store.status(since=None, **args)
-    _, scanned = await store.status(since=datetime(1970, 1, 1, tzinfo=UTC), **args)
+    args = {"running_only": False, "failed_only": False, **filters}
+    _, totals = await store.status(company_id=company_id, since=None, limit=1, **args)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    _, scanned = await store.status(company_id=company_id, since=epoch, limit=1, **args)
     return totals, scanned
 
 
@@ -95,7 +99,16 @@ async def test_totals_sum_up_the_log_as_a_scan_would(pool: asyncpg.Pool) -> None
     totals, scanned = await summaries(pool)
     assert totals == scanned
     assert totals["total_syncs"] == 7 and totals["by_status"]["running"] == 2  # type: ignore[index]
-    assert await summaries(pool, "2") == (await summaries(pool, "2"))[::-1]
+    for filters in (
+        {"company_id": "2"},
+        {"failed_only": True},
+        {"running_only": True},
+        {"environment": "production", "data_type": "customers"},
+        {"environment": "integration"},
+        {"data_type": "invoices"},
+    ):
+        totals, scanned = await summaries(pool, **filters)
+        assert totals == scanned, filters
     # A sync swept as interrupted is counted as such.
     await sweep_orphans(pool)
     totals, scanned = await summaries(pool)
