@@ -61,16 +61,6 @@ FROM generate_series(1, $1) AS g,
      (SELECT array_agg(id ORDER BY id) AS ids FROM stsync.credentials) AS c
 """
 
-# What the statements that end a sync keep up to date, for the rows filled above (as migration 0008).
-_FILL_TOTALS = """
-INSERT INTO stsync.sync_totals (credential_id, data_type, status, syncs, records, failed_records,
-                                seconds)
-SELECT credential_id, data_type, status, count(*), sum(records_processed), sum(records_failed),
-       coalesce(sum(extract(epoch FROM completed_at - started_at)), 0)
-FROM stsync.sync_log WHERE status <> 'running'
-GROUP BY credential_id, data_type, status
-"""
-
 _FILL_CURSORS = """
 INSERT INTO stsync.cursors (credential_id, data_type, continue_from, max_modified_on,
                             full_completed_at)
@@ -103,7 +93,6 @@ async def fill(dsn: str, key: Any, credentials: int, sync_log: int) -> dict[str,
         )  # fmt: skip
         inserted = time.perf_counter() - clock
         await conn.execute(_FILL_SYNC_LOG, sync_log)
-        await conn.execute(_FILL_TOTALS)
         await conn.execute(_FILL_CURSORS)
         await conn.execute("VACUUM ANALYZE")
         total = time.perf_counter() - clock

@@ -76,7 +76,7 @@ WHERE id = $5;
 -- cursor's last_success_at, its restart-by-date point (the high-water mark, never past the start of
 -- the pass) and, after a pass from the beginning ($5: when it started), full_completed_at; and the
 -- credential's status: $6 'ok' clears an error, 'error' records a tenant's rejection ($4 says why;
--- a disabled credential stays disabled); and the sync's share of the status totals.
+-- a disabled credential stays disabled).
 WITH done AS (
     UPDATE stsync.sync_log SET status = $2, error_category = $3, error_message = $4,
         completed_at = now()
@@ -100,16 +100,6 @@ WITH done AS (
     FROM done
     WHERE c.id = done.credential_id
       AND (($6::text = 'ok' AND c.status = 'error') OR $6::text = 'error')
-), totals AS (
-    INSERT INTO stsync.sync_totals AS t (credential_id, data_type, status, syncs, records,
-                                         failed_records, seconds)
-    SELECT credential_id, data_type, status, 1, records_processed, records_failed,
-           extract(epoch FROM completed_at - started_at)
-    FROM done
-    ON CONFLICT (credential_id, data_type, status) DO UPDATE SET
-        syncs = t.syncs + 1, records = t.records + excluded.records,
-        failed_records = t.failed_records + excluded.failed_records,
-        seconds = t.seconds + excluded.seconds
 )
 SELECT completed_at, records_processed, records_successful, records_failed, pages FROM done;
 
@@ -124,24 +114,11 @@ WHERE s.status = 'running';
 SELECT status = 'running' FROM stsync.sync_log WHERE id = $1;
 
 -- name: interrupt_sync
--- A running sync whose process died: interrupted, resumable from its cursor (and counted).
-WITH done AS (
-    UPDATE stsync.sync_log SET status = 'interrupted', completed_at = now(),
-        error_category = 'unexpected',
-        error_message = 'the daemon running this sync stopped; the next sync resumes from its last committed page'
-    WHERE id = $1 AND status = 'running'
-    RETURNING credential_id, data_type, status, started_at, completed_at, records_processed,
-              records_failed
-)
-INSERT INTO stsync.sync_totals AS t (credential_id, data_type, status, syncs, records,
-                                     failed_records, seconds)
-SELECT credential_id, data_type, status, 1, records_processed, records_failed,
-       extract(epoch FROM completed_at - started_at)
-FROM done
-ON CONFLICT (credential_id, data_type, status) DO UPDATE SET
-    syncs = t.syncs + 1, records = t.records + excluded.records,
-    failed_records = t.failed_records + excluded.failed_records,
-    seconds = t.seconds + excluded.seconds;
+-- A running sync whose process died: interrupted, resumable from its cursor.
+UPDATE stsync.sync_log SET status = 'interrupted', completed_at = now(),
+    error_category = 'unexpected',
+    error_message = 'the daemon running this sync stopped; the next sync resumes from its last committed page'
+WHERE id = $1 AND status = 'running';
 
 -- name: try_lock
 -- Take a sync's advisory lock ($1: its name, see lock_name) if it is free.
@@ -275,27 +252,14 @@ GROUP BY c.id, c.company_id, co.name, c.environment, d.data_type
 ORDER BY co.name, c.environment, d.data_type;
 
 -- name: prune_sync_log
--- Retention: up to $2 finished syncs that started before $1, oldest first, taken out of the totals
--- too; how many went.
-WITH doomed AS (
-    SELECT id FROM stsync.sync_log
-    WHERE started_at < $1 AND status <> 'running'
-    ORDER BY started_at LIMIT $2
-), gone AS (
-    DELETE FROM stsync.sync_log s USING doomed d WHERE s.id = d.id
-    RETURNING s.credential_id, s.data_type, s.status, s.records_processed, s.records_failed,
-              extract(epoch FROM s.completed_at - s.started_at) AS seconds
-), sums AS (
-    SELECT credential_id, data_type, status, count(*) AS n,
-           coalesce(sum(records_processed), 0) AS records,
-           coalesce(sum(records_failed), 0) AS failed, coalesce(sum(seconds), 0) AS seconds
-    FROM gone GROUP BY credential_id, data_type, status
-), totals AS (
-    UPDATE stsync.sync_totals t SET syncs = t.syncs - sums.n, records = t.records - sums.records,
-        failed_records = t.failed_records - sums.failed, seconds = t.seconds - sums.seconds
-    FROM sums
-    WHERE t.credential_id = sums.credential_id AND t.data_type = sums.data_type
-      AND t.status = sums.status
+-- Retention: up to $2 finished syncs that started before $1, oldest first (the totals follow by
+-- trigger); how many went.
+WITH gone AS (
+    DELETE FROM stsync.sync_log WHERE id IN (
+        SELECT id FROM stsync.sync_log
+        WHERE started_at < $1 AND status <> 'running'
+        ORDER BY started_at LIMIT $2)
+    RETURNING 1
 )
 SELECT count(*) FROM gone;
 

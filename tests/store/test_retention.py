@@ -114,6 +114,12 @@ async def test_totals_sum_up_the_log_as_a_scan_would(pool: asyncpg.Pool) -> None
     totals, scanned = await summaries(pool)
     assert totals == scanned and totals["by_status"]["interrupted"] == 2  # type: ignore[index]
     assert running  # swept above: nobody held its lock
+    # Whoever writes the log, the totals follow: an operator's DELETE, a credential removed with
+    # its history (the cascade takes its totals along).
+    await pool.execute("DELETE FROM stsync.sync_log WHERE status = 'timed_out'")
+    await pool.execute("DELETE FROM stsync.credentials WHERE id = $1", BOLT)
+    totals, scanned = await summaries(pool)
+    assert totals == scanned and totals["total_syncs"] == 4
 
 
 async def test_a_pass_prunes_old_history_in_batches_and_keeps_the_rest(pool: asyncpg.Pool) -> None:

@@ -1,6 +1,6 @@
 -- Totals of finished syncs per (credential, data type, status): what `stsyncctl status` sums up when
 -- no time window is asked for, so that it stays fast however long the sync log is. Kept equal to the
--- log: the statements that end a sync add to them, retention's pruning takes away.
+-- log by statement triggers, whoever writes it (a sync's end, retention, an operator's DELETE).
 CREATE TABLE IF NOT EXISTS stsync.sync_totals (
     credential_id  uuid NOT NULL REFERENCES stsync.credentials (id) ON DELETE CASCADE,
     data_type      text NOT NULL,
@@ -21,6 +21,48 @@ FROM stsync.sync_log
 WHERE status <> 'running'
 GROUP BY credential_id, data_type, status
 ON CONFLICT DO NOTHING;
+
+CREATE OR REPLACE FUNCTION stsync.sync_totals_follow() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        -- What left the finished set (an update of finished rows, a delete). No insert here: the
+        -- row exists, unless its credential is being deleted and took it along.
+        UPDATE stsync.sync_totals t SET syncs = t.syncs - g.n, records = t.records - g.records,
+            failed_records = t.failed_records - g.failed, seconds = t.seconds - g.seconds
+        FROM (SELECT credential_id, data_type, status, count(*) AS n,
+                     coalesce(sum(records_processed), 0) AS records,
+                     coalesce(sum(records_failed), 0) AS failed,
+                     coalesce(sum(extract(epoch FROM completed_at - started_at)), 0) AS seconds
+              FROM gone WHERE status <> 'running'
+              GROUP BY credential_id, data_type, status) g
+        WHERE t.credential_id = g.credential_id AND t.data_type = g.data_type
+          AND t.status = g.status;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO stsync.sync_totals AS t (credential_id, data_type, status, syncs, records,
+                                             failed_records, seconds)
+        SELECT credential_id, data_type, status, count(*), coalesce(sum(records_processed), 0),
+               coalesce(sum(records_failed), 0),
+               coalesce(sum(extract(epoch FROM completed_at - started_at)), 0)
+        FROM came WHERE status <> 'running'
+        GROUP BY credential_id, data_type, status
+        ON CONFLICT (credential_id, data_type, status) DO UPDATE SET
+            syncs = t.syncs + excluded.syncs, records = t.records + excluded.records,
+            failed_records = t.failed_records + excluded.failed_records,
+            seconds = t.seconds + excluded.seconds;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER sync_totals_insert AFTER INSERT ON stsync.sync_log
+    REFERENCING NEW TABLE AS came FOR EACH STATEMENT EXECUTE FUNCTION stsync.sync_totals_follow();
+CREATE TRIGGER sync_totals_update AFTER UPDATE ON stsync.sync_log
+    REFERENCING OLD TABLE AS gone NEW TABLE AS came
+    FOR EACH STATEMENT EXECUTE FUNCTION stsync.sync_totals_follow();
+CREATE TRIGGER sync_totals_delete AFTER DELETE ON stsync.sync_log
+    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION stsync.sync_totals_follow();
 
 -- Retention prunes resolved dead letters by when they were resolved.
 CREATE INDEX IF NOT EXISTS dead_letters_resolved_idx ON stsync.dead_letters (resolved_at)
