@@ -205,6 +205,9 @@ async def engine_rig(
             commit_batch_records=250,
             instance="test",
             problems=report,
+            backfill_min_records=settings.sync.backfill_min_records,
+            backfill_concurrency=settings.sync.backfill_concurrency,
+            backfill_page_size=settings.sync.backfill_page_size,
         )
         try:
             yield Rig(sandbox, pool, store, engine, client, problems, settings)

@@ -297,7 +297,9 @@ async def test_a_slow_api_gets_each_page_written_while_the_next_downloads(rig: R
     cred = await rig.add(102)
     rig.sandbox.set_faults(FaultRule(tenant_id=102, latency_ms=400))
     sync = asyncio.create_task(rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS)))
-    await asyncio.sleep(0.65)  # page 1 (100 records) arrived at 0.4 s, page 2 is on its way
+    # The size count (is it large enough for a backfill?) at 0.4 s, then page 1 (100 records) at
+    # 0.8 s; page 2 is on its way.
+    await asyncio.sleep(1.05)
     stored = await rig.pool.fetchval(
         "SELECT count(*) FROM servicetitan.customers WHERE tenant_id = 102"
     )

@@ -1,0 +1,162 @@
+"""Backfill: a first sync of a large tenant reads the list endpoints, several pages in flight, then
+catches up with the export; interrupted, it resumes with the pages it has not committed. Real
+PostgreSQL and the sandbox's list and export endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from stsync_daemon.enums import DataType, Environment, SyncMode, SyncStatus
+from stsync_daemon.sandbox import EndpointKind, FaultRule, SandboxConfig
+from stsync_daemon.sync.engine import SyncControl, SyncRequest
+from tests.support import Rig, engine_rig, tenant
+
+PROD = Environment.PRODUCTION
+CUSTOMERS, INVOICES = DataType.CUSTOMERS, DataType.INVOICES
+BIG = tenant(501, customers=3000, invoices=1200)
+SMALL = tenant(502, customers=300, invoices=100)
+BACKFILL = {"backfill_min_records": 1000, "backfill_page_size": 200, "backfill_concurrency": 4}
+LIST = {CUSTOMERS: EndpointKind.CUSTOMERS_LIST, INVOICES: EndpointKind.INVOICES_LIST}
+EXPORT = {CUSTOMERS: EndpointKind.CUSTOMERS_EXPORT, INVOICES: EndpointKind.INVOICES_EXPORT}
+
+
+@pytest.fixture
+async def rig(database_dsn: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    config = SandboxConfig(tenants=(BIG, SMALL), export_page_size=100, seed=7)
+    async with engine_rig(config, database_dsn, tmp_path, sync=BACKFILL) as rig:
+        yield rig
+
+
+def requests(rig: Rig, tenant_id: int, kind: EndpointKind) -> int:
+    return rig.sandbox.counters(tenant_id, PROD).total(kind=kind, status=200)
+
+
+async def cursor(rig: Rig, credential_id: object, data_type: DataType) -> dict[str, object]:
+    row = await rig.pool.fetchrow(
+        "SELECT continue_from, backfill_started_at, backfill_done FROM stsync.cursors "
+        "WHERE credential_id = $1 AND data_type = $2",
+        credential_id,
+        data_type.value,
+    )
+    assert row is not None
+    return dict(row)
+
+
+@pytest.mark.parametrize("data_type", [CUSTOMERS, INVOICES])
+async def test_a_large_first_sync_backfills_then_hands_over_to_the_export(
+    rig: Rig, data_type: DataType
+) -> None:
+    cred = await rig.add(BIG.tenant_id)
+    result = await rig.sync(cred, data_type)
+    assert result.status is SyncStatus.COMPLETED, result.error_message
+    await rig.assert_equal_truth(BIG.tenant_id, data_type)
+    records = BIG.customers if data_type is CUSTOMERS else BIG.invoices
+    pages = -(-records // 200)
+    # The count, then every page once; the export only to catch up (a page or two, not 12 to 30).
+    assert requests(rig, BIG.tenant_id, LIST[data_type]) == 1 + pages
+    assert requests(rig, BIG.tenant_id, EXPORT[data_type]) <= 2
+    state = await cursor(rig, cred.id, data_type)
+    assert state["continue_from"] and state["backfill_started_at"] is None
+    assert state["backfill_done"] == []
+    # From now on, incremental syncs read the export's token as always.
+    await rig.sandbox.mutate(BIG.tenant_id, PROD, data_type, modify=7, create=3)
+    lists = requests(rig, BIG.tenant_id, LIST[data_type])
+    again = await rig.sync(cred, data_type)
+    assert again.status is SyncStatus.COMPLETED and again.records_processed < 50
+    assert requests(rig, BIG.tenant_id, LIST[data_type]) == lists
+    await rig.assert_equal_truth(BIG.tenant_id, data_type)
+
+
+async def test_a_small_tenant_reads_the_export_as_before(rig: Rig) -> None:
+    cred = await rig.add(SMALL.tenant_id)
+    assert (await rig.sync(cred, CUSTOMERS)).status is SyncStatus.COMPLETED
+    await rig.assert_equal_truth(SMALL.tenant_id, CUSTOMERS)
+    assert requests(rig, SMALL.tenant_id, LIST[CUSTOMERS]) == 1  # the count only
+    assert requests(rig, SMALL.tenant_id, EXPORT[CUSTOMERS]) == 3
+
+
+async def test_changes_made_during_the_backfill_all_arrive(rig: Rig) -> None:
+    """Records modified, deactivated and created while the pages are read: the catch-up export
+    brings them, so the tenant equals the truth once the sync is done."""
+    cred = await rig.add(BIG.tenant_id)
+    rig.sandbox.set_faults(FaultRule(endpoint=EndpointKind.CUSTOMERS_LIST, latency_ms=40))
+    sync = asyncio.create_task(rig.sync(cred, CUSTOMERS))
+    for _ in range(6):
+        await asyncio.sleep(0.05)
+        await rig.sandbox.mutate(BIG.tenant_id, PROD, CUSTOMERS, modify=20, deactivate=5, create=8)
+    result = await sync
+    assert result.status is SyncStatus.COMPLETED, result.error_message
+    await rig.assert_equal_truth(BIG.tenant_id, CUSTOMERS)
+
+
+async def test_an_interrupted_backfill_resumes_with_the_pages_it_had_not_committed(
+    rig: Rig,
+) -> None:
+    cred = await rig.add(BIG.tenant_id)
+    rig.sandbox.set_faults(FaultRule(endpoint=EndpointKind.CUSTOMERS_LIST, latency_ms=60))
+    control = SyncControl()
+    sync = asyncio.create_task(
+        rig.engine.synchronize(SyncRequest(cred, CUSTOMERS), control=control)
+    )
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        done = await rig.pool.fetchval(
+            "SELECT coalesce(cardinality(backfill_done), 0) FROM stsync.cursors "
+            "WHERE credential_id = $1 AND data_type = 'customers'",
+            cred.id,
+        )
+        if done and done >= 4:
+            break
+    control.cancel_status = SyncStatus.INTERRUPTED
+    sync.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sync
+    first = await cursor(rig, cred.id, CUSTOMERS)
+    committed = len(first["backfill_done"])  # type: ignore[arg-type]
+    assert 4 <= committed < 15 and first["continue_from"] is None
+    rig.sandbox.set_faults()
+    await asyncio.sleep(0.3)  # requests in flight at the cancel still finish on the server
+    before = requests(rig, BIG.tenant_id, EndpointKind.CUSTOMERS_LIST)
+    result = await rig.sync(cred, CUSTOMERS)
+    assert result.status is SyncStatus.COMPLETED, result.error_message
+    # No new count, and only the pages not committed before.
+    assert requests(rig, BIG.tenant_id, EndpointKind.CUSTOMERS_LIST) - before == 15 - committed
+    await rig.assert_equal_truth(BIG.tenant_id, CUSTOMERS)
+
+
+async def test_a_page_that_keeps_failing_fails_the_sync_and_keeps_the_others(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    config = SandboxConfig(tenants=(BIG,), export_page_size=100, seed=7)
+    # One attempt per request: the first 500 on a page fails the sync.
+    async with engine_rig(
+        config, database_dsn, tmp_path, sync=BACKFILL, servicetitan={"max_attempts": 1}
+    ) as rig:
+        cred = await rig.add(BIG.tenant_id)
+        rig.sandbox.set_faults(
+            FaultRule(endpoint=EndpointKind.INVOICES_LIST, server_error_share=0.2, seed=3)
+        )
+        failed = await rig.sync(cred, INVOICES)
+        assert failed.status is SyncStatus.FAILED, failed.error_message
+        kept = await cursor(rig, cred.id, INVOICES)
+        assert kept["backfill_started_at"] is not None and kept["continue_from"] is None
+        committed = len(kept["backfill_done"])  # type: ignore[arg-type]
+        assert 0 < committed < 6
+        rig.sandbox.set_faults()
+        result = await rig.sync(cred, INVOICES)
+        assert result.status is SyncStatus.COMPLETED, result.error_message
+        await rig.assert_equal_truth(BIG.tenant_id, INVOICES)
+
+
+async def test_a_full_sync_of_a_large_tenant_backfills_too(rig: Rig) -> None:
+    cred = await rig.add(BIG.tenant_id)
+    assert (await rig.sync(cred, INVOICES)).status is SyncStatus.COMPLETED
+    lists = requests(rig, BIG.tenant_id, EndpointKind.INVOICES_LIST)
+    full = await rig.sync(cred, INVOICES, mode=SyncMode.FULL)
+    assert full.status is SyncStatus.COMPLETED
+    assert requests(rig, BIG.tenant_id, EndpointKind.INVOICES_LIST) - lists == 1 + 6
+    await rig.assert_equal_truth(BIG.tenant_id, INVOICES)
