@@ -88,7 +88,8 @@ class RunSummary(TypedDict):
 
 
 class PlanItem(TypedDict):
-    """One (credential, data type) a run would sync."""
+    """One (credential, data type) a run would sync; `mode` is `incremental`, `full` or, for a
+    first or full sync of a tenant large enough (seen with --estimate), `backfill`."""
 
     credential_id: str
     company_id: str
@@ -102,6 +103,8 @@ class PlanItem(TypedDict):
     last_success_at: str | None
     estimated_records: int | None
     estimate_error: str | None
+    # How long the sync would take at the latency the estimate's request met (with --estimate).
+    estimated_seconds: float | None
     retry_of: str | None
     attempt: int
 

@@ -444,6 +444,7 @@ def plan_table(plan: Plan, width: int, *, estimate: bool) -> str:
         columns.append(Column("Attempt", right=True, max_width=7))
     if estimate:
         columns.append(Column("Estimated", right=True, max_width=40, shrink=True, min_width=9))
+        columns.append(Column("Est. Time", right=True, max_width=10))
     rows = []
     for item in plan["items"]:
         row = [
@@ -460,6 +461,8 @@ def plan_table(plan: Plan, width: int, *, estimate: bool) -> str:
             row.append(str(item.get("attempt", "")))
         if estimate:
             row.append(_estimate_cell(item.get("estimated_records"), item.get("estimate_error")))
+            seconds = item.get("estimated_seconds")
+            row.append("?" if seconds is None else duration(seconds))
         rows.append(row)
     return table(columns, rows, width)
 
@@ -491,6 +494,12 @@ def plan_text(plan: Plan, width: int, *, estimate: bool) -> str:
             ]
             lines.append("")
             lines.append(f"Estimated records: {sum(r for r in known if r is not None)}")
+            backfills = sum(1 for item in items if item["mode"] == "backfill")
+            if backfills:
+                lines.append(
+                    f"{backfills} first sync(s) of a large tenant would backfill: list pages read "
+                    "in parallel, then the export catches up"
+                )
     if plan.get("skipped"):
         lines.append("")
         lines.extend(skipped_lines(plan["skipped"]))

@@ -4,6 +4,8 @@ and what a dry run shows (with estimates from ServiceTitan when asked)."""
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from ..config import Settings
 from ..enums import CredentialStatus, DataType, ErrorCategory, SyncMode, Trigger
 from ..errors import NotFoundError, StsyncError
+from ..limits import EXPORT_PAGE_RECORDS
 from ..requests import ProcessRequest, RetryRequest, is_whole_id
 from ..servicetitan import ServiceTitanClient
 from ..store.credentials import Credential, CredentialStore
@@ -185,7 +188,7 @@ class Planner:
         ids = list({item.credential.id for item in items})
         cursors = await self._syncs.cursors(ids)
         plan_items: list[PlanItem] = []
-        estimates: list[asyncio.Task[tuple[int | None, str | None]]] = []
+        estimates: list[asyncio.Task[tuple[int | None, str | None, float]]] = []
         for item in items:
             key = (item.credential.id, item.data_type.value)
             cursor = cursors.get(key)
@@ -207,6 +210,7 @@ class Planner:
                     "last_success_at": iso(cursor["last_success_at"]) if cursor else None,
                     "estimated_records": None,
                     "estimate_error": None,
+                    "estimated_seconds": None,
                     "retry_of": str(item.retry_of) if item.retry_of else None,
                     "attempt": item.attempt,
                 }
@@ -214,11 +218,20 @@ class Planner:
             if estimate:
                 estimates.append(asyncio.create_task(self._estimate(item, since)))
         if estimates:
-            for plan_item, (count, error) in zip(
+            for plan_item, (count, error, latency) in zip(
                 plan_items, await asyncio.gather(*estimates), strict=True
             ):
                 plan_item["estimated_records"] = count
                 plan_item["estimate_error"] = error
+                if count is None:
+                    continue
+                first = plan_item["resume_from"] == "beginning"
+                threshold = self._settings.sync.backfill_min_records
+                if first and 0 < threshold <= count:
+                    plan_item["mode"] = "backfill"
+                plan_item["estimated_seconds"] = round(
+                    self._duration(plan_item["mode"], count, latency, first=first), 1
+                )
         schedules: list[ScheduleView] = await self.schedule_views() if self.schedule_views else []
         return {
             "dry_run": True,
@@ -231,15 +244,32 @@ class Planner:
 
     async def _estimate(
         self, item: WorkItem, since: datetime | None
-    ) -> tuple[int | None, str | None]:
+    ) -> tuple[int | None, str | None, float]:
+        """The records to sync, and how long the asking took (the latency a sync would meet)."""
         try:
             access = await self._credentials.access(
                 item.credential, self._settings.servicetitan.resolve_app_key()
             )
-            count = await self._client.tenant(access).count_changed(item.data_type, since)
+            tenant = self._client.tenant(access)
+            clock = time.monotonic()
+            count = await tenant.count_changed(item.data_type, since)
         except StsyncError as exc:
-            return None, str(exc)
-        return count, None
+            return None, str(exc), 0.0
+        return count, None, time.monotonic() - clock
+
+    def _duration(self, mode: str, records: int, latency: float, *, first: bool) -> float:
+        """Seconds a sync would take at `latency` per request: an export reads one page after the
+        other; a backfill `backfill_concurrency` list pages at a time, under the tenant's rate."""
+        sync = self._settings.sync
+        count_request = latency if first and sync.backfill_min_records > 0 else 0.0
+        if mode != "backfill":
+            return count_request + max(1, math.ceil(records / EXPORT_PAGE_RECORDS)) * latency
+        pages = math.ceil(records / sync.backfill_page_size)
+        reading = max(
+            math.ceil(pages / sync.backfill_concurrency) * latency,
+            pages / self._settings.servicetitan.requests_per_second,
+        )
+        return count_request + reading + latency  # and the catch-up export's page
 
     async def plan_for(self, request: ProcessRequest | RetryRequest) -> Plan:
         """The dry run of a process or retry request."""

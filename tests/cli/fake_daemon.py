@@ -273,6 +273,7 @@ def plan_item(**overrides: Any) -> PlanItem:
         "last_success_at": "2024-05-01T09:01:00Z",
         "estimated_records": 42,
         "estimate_error": None,
+        "estimated_seconds": 3.5,
         "retry_of": None,
         "attempt": 1,
     }
