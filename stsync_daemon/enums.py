@@ -84,3 +84,4 @@ class CredentialStatus(StrEnum):
     ACTIVE = "active"
     ERROR = "error"
     DISABLED = "disabled"
+    REMOVED = "removed"  # kept for its history (`credentials remove` without --purge)

@@ -338,17 +338,26 @@ async def credentials_remove(ctx: Context, args: argparse.Namespace) -> int:
             view = cast(CredentialView, await client.request("GET", path))
             question = (
                 f"Remove credential {view['id']} for {view['company']} ({view['environment']}, "
-                f"tenant {view['tenant_id']})? Its sync history goes with it."
+                f"tenant {view['tenant_id']})? "
+                + (
+                    "Its sync history, cursors and dead letters go with it."
+                    if args.purge
+                    else "Its history is kept (--purge deletes it)."
+                )
             )
             if not _confirm(ctx, question):
                 ctx.note("not removed")
                 return EXIT_FAILED
-        answer = await client.request("DELETE", path)
+        answer = await client.request("DELETE", path + ("?purge=true" if args.purge else ""))
     if ctx.json_output:
         ctx.emit_json(answer if answer is not None else {"removed": True, "id": args.credential_id})
     else:
         removed = answer.get("removed") if isinstance(answer, dict) else None
-        ctx.out(f"Removed credential {removed if isinstance(removed, str) else args.credential_id}")
+        what = removed if isinstance(removed, str) else args.credential_id
+        if args.purge:
+            ctx.out(f"Removed credential {what} and its history")
+        else:
+            ctx.out(f"Removed credential {what} (its history is kept)")
     return EXIT_OK
 
 

@@ -484,12 +484,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     remove = credential_command(
         "remove",
-        "remove a credential and its sync history",
+        "remove a credential (its history is kept unless --purge)",
         "  stsyncctl credentials remove ID        # asks on a terminal\n"
-        "  stsyncctl credentials remove -y ID",
+        "  stsyncctl credentials remove -y ID\n"
+        "  stsyncctl credentials remove -y --purge ID   # its sync history goes too",
     )
     remove.add_argument("credential_id", metavar=CREDENTIAL_ID, type=_id, help=ID_HELP)
     remove.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    remove.add_argument(
+        "--purge",
+        action="store_true",
+        help="also delete its sync history, cursors and dead letters (without it they are kept and "
+        "the credential is listed as removed with `credentials list --status removed`)",
+    )
 
     test = credential_command(
         "test",

@@ -509,10 +509,12 @@ class ControlServer:
 
     async def credentials_remove(self, request: web.Request) -> web.Response:
         credential_id = await self._credential_id(request)
-        await self._store.remove(credential_id)
-        log_event(logger, logging.INFO, "credential.removed", credential_id=credential_id)
+        purge = request.query.get("purge", "false").lower() in ("1", "true", "yes")
+        await self._store.remove(credential_id, purge=purge)
+        event = "credential.purged" if purge else "credential.removed"
+        log_event(logger, logging.INFO, event, credential_id=credential_id)
         await self._services.credential_changed(credential_id, True)
-        return json_response({"removed": str(credential_id)})
+        return json_response({"removed": str(credential_id), "purged": purge})
 
     async def credentials_test(self, request: web.Request) -> web.Response:
         credential_id = await self._credential_id(request)

@@ -188,6 +188,7 @@ class CredentialStore:
                 schedule_enabled,
             )
             if found is None:
+                await self._refuse_removed(credential_id, conn)
                 raise NotFoundError(f"no credential with id {credential_id}")
             if company_name:
                 # On this connection: holding one while waiting for another can starve a full pool.
@@ -202,12 +203,30 @@ class CredentialStore:
             _SQL["set_credential_status"], credential_id, status.value, error
         )
         if found is None:
+            await self._refuse_removed(credential_id)
             raise NotFoundError(f"no credential with id {credential_id}")
 
-    async def remove(self, credential_id: uuid.UUID) -> None:
-        found = await self._pool.fetchval(_SQL["delete_credential"], credential_id)
+    async def remove(self, credential_id: uuid.UUID, *, purge: bool = False) -> None:
+        """Out of service for good. Its history (sync log, cursors, dead letters) stays unless
+        `purge`; either way its tenant may be added again."""
+        if purge:
+            found = await self._pool.fetchval(_SQL["delete_credential"], credential_id)
+        else:
+            found = await self._pool.fetchval(_SQL["remove_credential"], credential_id)
         if found is None:
+            await self._refuse_removed(credential_id)
             raise NotFoundError(f"no credential with id {credential_id}")
+
+    async def _refuse_removed(self, credential_id: uuid.UUID, conn: Any = None) -> None:
+        """A change asked of a removed credential: say so, rather than "no such credential"."""
+        db = conn if conn is not None else self._pool
+        row = await db.fetchrow(_SQL["select_credential"], credential_id)
+        if row is not None and row["status"] == CredentialStatus.REMOVED:
+            raise ConflictError(
+                f"credential {credential_id} was removed (its history is kept): add the tenant "
+                "again with `stsyncctl credentials add`, or purge it with `credentials remove "
+                "--purge`"
+            )
 
     async def count_by_status(self) -> dict[CredentialStatus, int]:
         rows = await self._pool.fetch(_SQL["count_credentials_by_status"])

@@ -15,7 +15,8 @@ INSERT INTO stsync.credentials (id, company_id, environment, tenant_id, client_i
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- name: select_credentials
--- Credentials matching the filters (environment, company, id, status), without secrets.
+-- Credentials matching the filters (environment, company, id, status), without secrets; removed
+-- ones only when asked for by status.
 SELECT c.id, c.company_id, co.name AS company_name, c.environment, c.tenant_id, c.client_id,
        c.status, c.last_error, c.last_error_at, c.schedule_enabled,
        c.app_key_encrypted IS NOT NULL AS has_app_key, c.created_at, c.updated_at
@@ -23,7 +24,7 @@ FROM stsync.credentials c JOIN stsync.companies co ON co.id = c.company_id
 WHERE ($1::text IS NULL OR c.environment = $1)
   AND ($2::text IS NULL OR c.company_id = $2)
   AND ($3::uuid IS NULL OR c.id = $3)
-  AND ($4::text IS NULL OR c.status = $4)
+  AND (c.status = $4 OR ($4::text IS NULL AND c.status <> 'removed'))
 ORDER BY co.name, c.company_id, c.environment, c.tenant_id;
 
 -- name: select_credential
@@ -53,7 +54,7 @@ UPDATE stsync.credentials SET
     status = CASE WHEN ($2 IS NOT NULL OR $3 IS NOT NULL) AND status = 'error' THEN 'active'
                   ELSE status END,
     updated_at = now()
-WHERE id = $1
+WHERE id = $1 AND status <> 'removed'
 RETURNING id;
 
 -- name: set_credential_status
@@ -61,11 +62,20 @@ RETURNING id;
 UPDATE stsync.credentials SET status = $2, last_error = $3,
     last_error_at = CASE WHEN $3::text IS NULL THEN last_error_at ELSE now() END,
     updated_at = now()
-WHERE id = $1
+WHERE id = $1 AND status <> 'removed'
+RETURNING id;
+
+-- name: remove_credential
+-- A credential out of service for good, its history kept: secrets erased, never scheduled again.
+UPDATE stsync.credentials SET status = 'removed', client_secret_encrypted = NULL,
+    app_key_encrypted = NULL, schedule_enabled = false, updated_at = now()
+WHERE id = $1 AND status <> 'removed'
 RETURNING id;
 
 -- name: delete_credential
--- A credential and, by cascade, its cursors and run items.
+-- A credential and its history: by cascade its sync log, totals, cursors and run items; and its
+-- dead letters.
+WITH letters AS (DELETE FROM stsync.dead_letters WHERE credential_id = $1)
 DELETE FROM stsync.credentials WHERE id = $1 RETURNING id;
 
 -- name: count_credentials_by_status
@@ -88,7 +98,7 @@ WITH coverage AS (
 )
 SELECT c.environment, c.status, count(*) AS n
 FROM stsync.credentials c
-WHERE c.status <> 'disabled' AND c.schedule_enabled
+WHERE c.status NOT IN ('disabled', 'removed') AND c.schedule_enabled
   AND EXISTS (SELECT 1 FROM coverage s
               WHERE (s.environment IS NULL OR s.environment = c.environment)
                 AND (s.company_id IS NULL OR s.company_id = c.company_id)
@@ -107,7 +117,7 @@ WITH coverage AS (
     FROM stsync.credentials c
     CROSS JOIN (SELECT DISTINCT data_type FROM coverage) d
     LEFT JOIN stsync.cursors k ON k.credential_id = c.id AND k.data_type = d.data_type
-    WHERE c.status <> 'disabled' AND c.schedule_enabled
+    WHERE c.status NOT IN ('disabled', 'removed') AND c.schedule_enabled
       AND EXISTS (SELECT 1 FROM coverage s
                   WHERE (s.environment IS NULL OR s.environment = c.environment)
                     AND (s.company_id IS NULL OR s.company_id = c.company_id)
@@ -129,7 +139,7 @@ WITH coverage AS (
 )
 SELECT k.credential_id, k.data_type, k.last_success_at AS completed_at, c.company_id, c.environment
 FROM stsync.credentials c JOIN stsync.cursors k ON k.credential_id = c.id
-WHERE k.last_success_at IS NOT NULL AND c.status <> 'disabled' AND c.schedule_enabled
+WHERE k.last_success_at IS NOT NULL AND c.status NOT IN ('disabled', 'removed') AND c.schedule_enabled
   AND EXISTS (SELECT 1 FROM coverage s
               WHERE (s.environment IS NULL OR s.environment = c.environment)
                 AND (s.company_id IS NULL OR s.company_id = c.company_id)

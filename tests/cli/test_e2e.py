@@ -196,8 +196,19 @@ async def test_credentials_commands_and_secrets_never_printed(
     assert unknown.code == 1 and unknown.stderr.startswith("stsyncctl: ")
 
     removed = await ctl("credentials", "remove", "-y", second)
-    assert removed.code == 0 and removed.stdout == f"Removed credential {second}\n"
+    assert (
+        removed.code == 0
+        and removed.stdout == f"Removed credential {second} (its history is kept)\n"
+    )
     assert second not in (await ctl("credentials", "list")).stdout
+    kept = await ctl.json("credentials", "list", "--status", "removed")
+    assert [c["id"] for c in kept["credentials"]] == [second]
+    refused = await ctl("credentials", "enable", second)
+    assert refused.code == 1 and "was removed" in refused.stderr
+    purged = await ctl("credentials", "remove", "-y", "--purge", second)
+    assert purged.code == 0 and purged.stdout == f"Removed credential {second} and its history\n"
+    gone = await ctl.json("credentials", "list", "--status", "removed")
+    assert gone["credentials"] == []
     ctl.assert_no_secret()
 
 

@@ -464,7 +464,7 @@ async def test_credentials_test_ok_and_failed(fake_daemon: FakeDaemon) -> None:
 async def test_credentials_remove_without_a_terminal_does_not_ask(fake_daemon: FakeDaemon) -> None:
     result = await run_cli(*sock(fake_daemon), "credentials", "remove", CRED_A)
     assert result.code == 0
-    assert result.stdout == f"Removed credential {CRED_A}\n"
+    assert result.stdout == f"Removed credential {CRED_A} (its history is kept)\n"
     assert (fake_daemon.last().method, fake_daemon.last().path) == (
         "DELETE",
         f"/v1/credentials/{CRED_A}",
@@ -732,7 +732,7 @@ async def test_credential_commands_take_a_prefix_and_print_the_whole_id(
     update = await run_cli(*sock(fake_daemon), "credentials", "update", "aaaa", "--schedule")
     assert update.stdout.startswith(f"Updated credential {CRED_A}\n")
     removed = await run_cli(*sock(fake_daemon), "credentials", "remove", "bbbbbbbb-b")
-    assert removed.stdout == f"Removed credential {CRED_B}\n"
+    assert removed.stdout == f"Removed credential {CRED_B} (its history is kept)\n"
     tested = await run_cli(*sock(fake_daemon), "credentials", "test", "bbbbbbbb")
     assert tested.code == 1 and tested.stdout.startswith("FAILED: ")
     cancelled = await run_cli(*sock(fake_daemon), "cancel", RUN_ID[:8])
