@@ -177,6 +177,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "backfill": {
                     "backfill_min_records": min(20_000, args.records),
                     "backfill_concurrency": args.concurrency,
+                    "backfill_page_size": args.page_size,
                 },
             }
             for _ in range(args.runs):
@@ -232,6 +233,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000, help="per data type")
     parser.add_argument("--latency-ms", type=float, default=1000.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--page-size", type=int, default=5000, help="list page size")
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
     r = asyncio.run(bench(args))

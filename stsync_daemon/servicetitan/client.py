@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from .. import cycles
 from ..config import ServiceTitanConfig
 from ..enums import DataType, Environment
 from ..errors import (
@@ -553,7 +554,8 @@ class ServiceTitanClient:
     ) -> _Decoded:
         if 200 <= resp.status < 300:
             try:
-                return _Decoded(orjson.loads(resp.body), len(resp.body))
+                with cycles.paused():
+                    return _Decoded(orjson.loads(resp.body), len(resp.body))
             except orjson.JSONDecodeError:
                 salvaged = salvage_page(resp.body) if export else None
                 if salvaged is None:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from typing import Any
 import asyncpg
 from pydantic import SecretStr
 
+from .. import cycles
 from ..enums import DataType, ErrorCategory, SyncMode, SyncStatus, Trigger
 from ..errors import (
     ConfigurationError,
@@ -219,40 +221,48 @@ async def _list_pages(
     numbers: list[int],
     concurrency: int,
 ) -> AsyncGenerator[ExportPage, None]:
-    """The list pages `numbers`, `concurrency` requests in flight (the tenant's rate limiter paces
-    them), yielded as they arrive. A failed request fails the whole (the rest are cancelled); the
-    pages already yielded stay committed and the next sync reads only the others."""
-    if not numbers:
-        return
-    queue: asyncio.Queue[ExportPage] = asyncio.Queue(maxsize=concurrency)
-    pending = iter(numbers)  # shared: each page is taken by one worker
+    """The list pages `numbers`, yielded as they arrive, with up to `concurrency` requests out.
 
-    async def worker() -> None:
-        for number in pending:
-            await queue.put(await tenant.fetch_list_page(data_type, number, page_size))
+    How many are out adapts: when the writer had to wait for a page, the API is the bound and one
+    more request goes out (up to `concurrency`; the tenant's rate limiter paces them all); when
+    pages wait for the writer, the CPU is, and one fewer does, so that a fast API does not fill
+    memory (and the cycle collector's walks) with decoded pages nobody is writing yet. A failed
+    request fails the whole (the rest are cancelled); the pages already yielded stay committed and
+    the next sync reads only the others.
+    """
+    waiting = deque(numbers)
+    arrived: asyncio.Queue[asyncio.Task[ExportPage]] = asyncio.Queue()
+    out: set[asyncio.Task[ExportPage]] = set()
+    limit = min(2, concurrency)
 
-    workers = [
-        asyncio.create_task(worker(), name=f"stsync-backfill-{data_type.value}-{i}")
-        for i in range(min(concurrency, len(numbers)))
-    ]
-    everyone = asyncio.gather(*workers)
+    def landed(task: asyncio.Task[ExportPage]) -> None:
+        out.discard(task)
+        arrived.put_nowait(task)
+
     try:
         for _ in numbers:
-            getter = asyncio.ensure_future(queue.get())
-            try:
-                waiting: set[asyncio.Future[Any]] = {getter, everyone}
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    everyone.result()  # a worker failed: raise its error
-                    await getter  # all finished fine: their pages are queued
-            finally:
-                getter.cancel()
-            yield getter.result()
+            while waiting and len(out) + arrived.qsize() < limit:
+                task = asyncio.create_task(
+                    tenant.fetch_list_page(data_type, waiting.popleft(), page_size),
+                    name=f"stsync-backfill-{data_type.value}",
+                )
+                out.add(task)
+                task.add_done_callback(landed)
+            writer_waited = arrived.empty()
+            task = await arrived.get()
+            if writer_waited:
+                limit = min(concurrency, limit + 1)
+            elif arrived.qsize():
+                limit = max(1, limit - 1)
+            yield task.result()  # a failed request's error fails the backfill here
     finally:
-        for task in workers:
+        for task in out:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await everyone
+            await asyncio.gather(*out, return_exceptions=True)
+        while not arrived.empty():  # retrieve what landed unread, so no error goes unobserved
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                arrived.get_nowait().result()
 
 
 def _unreadable(record: UnreadableRecord) -> Rejected:
@@ -807,13 +817,14 @@ class SyncEngine:
                 if page is None:
                     break
                 clock = time.perf_counter()
-                batch.add_page(
-                    page.records,
-                    page.continue_from,
-                    page.nbytes,
-                    [_unreadable(u) for u in page.unreadable] if page.unreadable else (),
-                    page.number,
-                )
+                with cycles.paused():  # rows are tuples of scalars: no cycles to find
+                    batch.add_page(
+                        page.records,
+                        page.continue_from,
+                        page.nbytes,
+                        [_unreadable(u) for u in page.unreadable] if page.unreadable else (),
+                        page.number,
+                    )
                 page = None  # the parsed records are rows now; free them before waiting
                 timings["convert"] += time.perf_counter() - clock
                 if batch.size >= self._batch_records or batch.nbytes >= _BATCH_BYTES:
