@@ -186,8 +186,12 @@ def run_sync_child(
     settings_path: Path, credential: str, data_types: str = "customers,invoices", mode: str = "full"
 ) -> dict[str, Any]:
     """One sync in `bench/sync_child.py` (its own process); returns its JSON line."""
+    # STSYNC_BENCH_PYSPY=FILE: the child under py-spy (the `bench` extra), collapsed stacks to FILE.
+    profile = os.environ.get("STSYNC_BENCH_PYSPY")
+    spy = ["py-spy", "record", "--format", "raw", "--rate", "250", "-o", profile, "--"]
     out = subprocess.run(
         [
+            *(spy if profile else []),
             sys.executable,
             str(ROOT / "bench" / "sync_child.py"),
             "--settings",

@@ -738,16 +738,8 @@ class TenantClient:
         decoded = await self._client._get_json(
             self, endpoint, _EXPORT_PATHS[data_type], params, export=True
         )
-        doc = decoded.doc
-        if not isinstance(doc, dict):
-            raise self._shape_error(endpoint, "the body is not an object")
-        records = doc.get("data")
-        has_more = doc.get("hasMore")
+        doc, records, has_more = self._page(endpoint, decoded)
         continue_from = doc.get("continueFrom")
-        if not isinstance(records, list):
-            raise self._shape_error(endpoint, "'data' is not a list")
-        if not isinstance(has_more, bool):
-            raise self._shape_error(endpoint, "'hasMore' is not true or false")
         if continue_from is not None and not isinstance(continue_from, str):
             raise self._shape_error(endpoint, "'continueFrom' is not a string")
         if has_more and not continue_from:
@@ -763,9 +755,8 @@ class TenantClient:
     async def fetch_list_page(self, data_type: DataType, number: int, page_size: int) -> ExportPage:
         """Page `number` of the whole list in id order: what a backfill reads, several at a time.
 
-        Inactive records included (see `_EVERY_RECORD`). Records
-        created meanwhile get higher ids and land after the pages a backfill planned; the export
-        that follows it brings them.
+        Inactive records included (see `_EVERY_RECORD`). Records created meanwhile get higher ids
+        and land after the pages a backfill planned; the export that follows it brings them.
         """
         params = {"page": str(number), "pageSize": str(page_size), "sort": "+Id"}
         params.update(_EVERY_RECORD[data_type])
@@ -773,14 +764,7 @@ class TenantClient:
         decoded = await self._client._get_json(
             self, endpoint, _LIST_PATHS[data_type], params, export=True
         )
-        doc = decoded.doc
-        if not isinstance(doc, dict):
-            raise self._shape_error(endpoint, "the body is not an object")
-        records, has_more = doc.get("data"), doc.get("hasMore")
-        if not isinstance(records, list):
-            raise self._shape_error(endpoint, "'data' is not a list")
-        if not isinstance(has_more, bool):
-            raise self._shape_error(endpoint, "'hasMore' is not true or false")
+        _, records, has_more = self._page(endpoint, decoded)
         return ExportPage(
             records=records,
             continue_from=None,
@@ -812,6 +796,20 @@ class TenantClient:
             _LIST_PATHS[DataType.CUSTOMERS],
             {"pageSize": "1", "active": "Any"},
         )
+
+    def _page(
+        self, endpoint: str, decoded: _Decoded
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+        """An export or list page's envelope, checked: the body, its `data` and its `hasMore`."""
+        doc = decoded.doc
+        if not isinstance(doc, dict):
+            raise self._shape_error(endpoint, "the body is not an object")
+        records, has_more = doc.get("data"), doc.get("hasMore")
+        if not isinstance(records, list):
+            raise self._shape_error(endpoint, "'data' is not a list")
+        if not isinstance(has_more, bool):
+            raise self._shape_error(endpoint, "'hasMore' is not true or false")
+        return doc, records, has_more
 
     def _stuck_error(self, endpoint: str, repeats: int) -> ApiError:
         return ApiError(
