@@ -98,7 +98,7 @@ async def fill(dsn: str, key: Any, credentials: int, sync_log: int) -> dict[str,
         total = time.perf_counter() - clock
         # The all-time summary as it was computed before the totals: a scan of the whole log.
         scan_clock = time.perf_counter()
-        await conn.fetch(SYNCS_SQL["summarize_syncs"], None, False, False, None)
+        await conn.fetch(SYNCS_SQL["summarize_syncs"], None, False, False, None, None, None, None)
         scan = time.perf_counter() - scan_clock
     finally:
         await conn.close()
