@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import os
 import shutil
 import statistics
 import subprocess
@@ -147,8 +148,13 @@ async def reset(dsn: str, data_type: DataType) -> None:
 
 
 def run_sync(settings_path: Path, credential: str, data_type: DataType) -> dict[str, Any]:
+    # STSYNC_BENCH_PYSPY=PREFIX: the sync under py-spy (the `bench` extra), PREFIX.<data type>.txt.
+    profile = os.environ.get("STSYNC_BENCH_PYSPY")
+    spy = ["py-spy", "record", "--format", "raw", "--rate", "250", "--subprocesses"]
+    spy += ["-o", f"{profile}.{data_type.value}.txt", "--"]
     out = subprocess.run(
         [
+            *(spy if profile else []),
             sys.executable,
             str(ROOT / "bench" / "sync_child.py"),
             "--settings",
