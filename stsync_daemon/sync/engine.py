@@ -28,6 +28,7 @@ from ..errors import (
     ConfigurationError,
     ConflictError,
     DatabaseError,
+    InvalidCredentialsError,
     StsyncError,
     SyncTimeoutError,
 )
@@ -679,7 +680,24 @@ class SyncEngine:
         """A backfill when the tenant is large enough (the list's totalCount), recorded on the
         cursor before its first page so that an interruption resumes it; else None."""
         began = datetime.now(UTC)
-        total = await tenant.count_changed(request.data_type, None)
+        try:
+            total = await tenant.count_changed(request.data_type, None)
+        except (InvalidCredentialsError, ConfigurationError):
+            raise  # the tenant's or the daemon's: the export would meet it too
+        except StsyncError as exc:
+            # The list endpoint refuses, garbles or keeps failing what the export may still serve
+            # (a scope, a change or an outage on ServiceTitan's side): the export alone, as before
+            # backfills existed.
+            log_event(
+                logger,
+                logging.WARNING,
+                "sync.backfill_unavailable",
+                sync_id=result.sync_id,
+                credential_id=request.credential.id,
+                data_type=request.data_type,
+                error=str(exc),
+            )
+            return None
         if total < self._backfill_min:
             return None
         size = self._backfill_page_size

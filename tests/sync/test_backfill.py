@@ -192,3 +192,18 @@ async def test_a_dry_run_says_which_pairs_would_backfill_and_how_long_they_would
         ProcessRequest(dry_run=True, estimate=True, data_type="customers")
     )
     assert {i["mode"] for i in plan["items"]} == {"incremental"}
+
+
+async def test_a_list_endpoint_that_fails_leaves_the_export_to_do_the_first_sync(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    config = SandboxConfig(tenants=(BIG,), export_page_size=500, seed=7)
+    async with engine_rig(
+        config, database_dsn, tmp_path, sync=BACKFILL, servicetitan={"max_attempts": 2}
+    ) as rig:
+        cred = await rig.add(BIG.tenant_id)
+        rig.sandbox.set_faults(FaultRule(endpoint=EndpointKind.CUSTOMERS_LIST, malformed_share=1.0))
+        result = await rig.sync(cred, CUSTOMERS)
+        assert result.status is SyncStatus.COMPLETED, result.error_message
+        await rig.assert_equal_truth(BIG.tenant_id, CUSTOMERS)
+        assert requests(rig, BIG.tenant_id, EndpointKind.CUSTOMERS_EXPORT) == 6
