@@ -192,6 +192,11 @@ async def begin_backfill(
     )
 
 
+async def end_backfill(conn: asyncpg.Connection, credential_id: uuid.UUID, data_type: str) -> None:
+    """Forget a backfill's plan: the next pass reads the export from the beginning."""
+    await conn.execute(_SQL["end_backfill"], credential_id, data_type)
+
+
 async def finish(
     db: Executor,
     sync_id: uuid.UUID,

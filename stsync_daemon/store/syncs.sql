@@ -323,3 +323,9 @@ FROM stsync.sync_log WHERE id BETWEEN $1 AND $2;
 -- name: select_sync
 -- One sync, as the sync view shows it.
 SELECT s.* FROM stsync.sync_view s WHERE s.id = $1;
+
+-- name: end_backfill
+-- A backfill given up (its list pages keep failing): the export reads from the beginning instead.
+UPDATE stsync.cursors SET backfill_started_at = NULL, backfill_page_size = NULL,
+    backfill_pages = NULL, backfill_done = '{}', updated_at = now()
+WHERE credential_id = $1 AND data_type = $2;

@@ -25,12 +25,14 @@ from pydantic import SecretStr
 from .. import cycles
 from ..enums import DataType, ErrorCategory, SyncMode, SyncStatus, Trigger
 from ..errors import (
+    ApiError,
     ConfigurationError,
     ConflictError,
     DatabaseError,
     InvalidCredentialsError,
     StsyncError,
     SyncTimeoutError,
+    TransientError,
 )
 from ..limits import SYNC_TIMEOUT_DEFAULT
 from ..logs import log_event
@@ -627,10 +629,9 @@ class SyncEngine:
         backfilled = False
         if start is None and self._backfill_min > 0:
             backfill = plan.backfill or await self._plan_backfill(conn, tenant, request, result)
-            if backfill is not None:
-                await self._backfill(
-                    conn, tenant, request, result, backfill, load, progress, clock0
-                )
+            if backfill is not None and await self._backfilled(
+                conn, tenant, request, result, backfill, load, progress, clock0
+            ):
                 # Catch up with every change made since it began; the export's token takes over.
                 safe_through = backfill.started_at
                 start = _export_from(backfill.started_at - RESTART_LOOKBACK)
@@ -723,6 +724,39 @@ class SyncEngine:
             concurrency=self._backfill_concurrency,
         )
         return backfill
+
+    async def _backfilled(
+        self,
+        conn: asyncpg.Connection,
+        tenant: TenantClient,
+        request: SyncRequest,
+        result: SyncResult,
+        backfill: _Backfill,
+        load: _Load,
+        progress: ProgressCallback | None,
+        clock0: float,
+    ) -> bool:
+        """The backfill done; False when the list endpoints answer what no retry will change (the
+        export then reads from the beginning: committed pages stay, newer versions win)."""
+        try:
+            await self._backfill(conn, tenant, request, result, backfill, load, progress, clock0)
+        except (InvalidCredentialsError, ConfigurationError):
+            raise
+        except StsyncError as exc:
+            if isinstance(exc, TransientError) or (isinstance(exc, ApiError) and exc.transient):
+                raise  # an outage: the next sync resumes the backfill where it was
+            log_event(
+                logger,
+                logging.WARNING,
+                "sync.backfill_abandoned",
+                sync_id=result.sync_id,
+                credential_id=request.credential.id,
+                data_type=request.data_type,
+                error=str(exc),
+            )
+            await sync_log.end_backfill(conn, request.credential.id, request.data_type.value)
+            return False
+        return True
 
     async def _backfill(
         self,

@@ -12,8 +12,10 @@ import pytest
 
 from stsync_daemon.daemon.planning import Planner
 from stsync_daemon.enums import DataType, Environment, SyncMode, SyncStatus
+from stsync_daemon.errors import ValidationFailure
 from stsync_daemon.requests import ProcessRequest
 from stsync_daemon.sandbox import EndpointKind, FaultRule, SandboxConfig
+from stsync_daemon.servicetitan.client import TenantClient
 from stsync_daemon.store.syncs import SyncStore
 from stsync_daemon.sync.engine import SyncControl, SyncRequest
 from tests.support import Rig, engine_rig, tenant
@@ -207,3 +209,28 @@ async def test_a_list_endpoint_that_fails_leaves_the_export_to_do_the_first_sync
         assert result.status is SyncStatus.COMPLETED, result.error_message
         await rig.assert_equal_truth(BIG.tenant_id, CUSTOMERS)
         assert requests(rig, BIG.tenant_id, EndpointKind.CUSTOMERS_EXPORT) == 6
+
+
+async def test_list_pages_that_cannot_be_read_give_way_to_the_export(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page ServiceTitan answers in a shape no retry changes: the backfill is abandoned and the
+    same sync reads the export from the beginning; the pages committed meanwhile do no harm."""
+    cred = await rig.add(BIG.tenant_id)
+    real = TenantClient.fetch_list_page
+    served = 0
+
+    async def fetch(self: TenantClient, data_type: DataType, number: int, size: int) -> object:
+        nonlocal served
+        served += 1
+        if served > 3:
+            raise ValidationFailure("the customers list's answer does not have the expected shape")
+        return await real(self, data_type, number, size)
+
+    monkeypatch.setattr(TenantClient, "fetch_list_page", fetch)
+    result = await rig.sync(cred, CUSTOMERS)
+    assert result.status is SyncStatus.COMPLETED, result.error_message
+    await rig.assert_equal_truth(BIG.tenant_id, CUSTOMERS)
+    state = await cursor(rig, cred.id, CUSTOMERS)
+    assert state["continue_from"] and state["backfill_started_at"] is None
+    assert requests(rig, BIG.tenant_id, EndpointKind.CUSTOMERS_EXPORT) == 30  # 3000 / 100
