@@ -25,14 +25,12 @@ from pydantic import SecretStr
 from .. import cycles
 from ..enums import DataType, ErrorCategory, SyncMode, SyncStatus, Trigger
 from ..errors import (
-    ApiError,
     ConfigurationError,
     ConflictError,
     DatabaseError,
     InvalidCredentialsError,
     StsyncError,
     SyncTimeoutError,
-    TransientError,
 )
 from ..limits import SYNC_TIMEOUT_DEFAULT
 from ..logs import log_event
@@ -210,6 +208,23 @@ class SyncControl:
 
 
 ProgressCallback = Callable[[SyncProgress], Awaitable[None] | None]
+
+
+# Errors that are the tenant's or the daemon's, not the list endpoints': the export meets them too.
+_NOT_THE_LISTS = (InvalidCredentialsError, ConfigurationError)
+
+
+def _log_backfill(event: str, result: SyncResult, level: int = logging.INFO, **fields: Any) -> None:
+    request = result.request
+    log_event(
+        logger,
+        level,
+        event,
+        sync_id=result.sync_id,
+        credential_id=request.credential.id,
+        data_type=request.data_type,
+        **fields,
+    )
 
 
 def _export_from(moment: datetime) -> str:
@@ -629,7 +644,7 @@ class SyncEngine:
         backfilled = False
         if start is None and self._backfill_min > 0:
             backfill = plan.backfill or await self._plan_backfill(conn, tenant, request, result)
-            if backfill is not None and await self._backfilled(
+            if backfill is not None and await self._backfill(
                 conn, tenant, request, result, backfill, load, progress, clock0
             ):
                 # Catch up with every change made since it began; the export's token takes over.
@@ -683,21 +698,13 @@ class SyncEngine:
         began = datetime.now(UTC)
         try:
             total = await tenant.count_changed(request.data_type, None)
-        except (InvalidCredentialsError, ConfigurationError):
-            raise  # the tenant's or the daemon's: the export would meet it too
+        except _NOT_THE_LISTS:
+            raise
         except StsyncError as exc:
             # The list endpoint refuses, garbles or keeps failing what the export may still serve
             # (a scope, a change or an outage on ServiceTitan's side): the export alone, as before
             # backfills existed.
-            log_event(
-                logger,
-                logging.WARNING,
-                "sync.backfill_unavailable",
-                sync_id=result.sync_id,
-                credential_id=request.credential.id,
-                data_type=request.data_type,
-                error=str(exc),
-            )
+            _log_backfill("sync.backfill_unavailable", result, logging.WARNING, error=str(exc))
             return None
         if total < self._backfill_min:
             return None
@@ -711,52 +718,15 @@ class SyncEngine:
             page_size=size,
             pages=backfill.pages,
         )
-        log_event(
-            logger,
-            logging.INFO,
+        _log_backfill(
             "sync.backfill_started",
-            sync_id=result.sync_id,
-            credential_id=request.credential.id,
-            data_type=request.data_type,
+            result,
             records=total,
             pages=backfill.pages,
             page_size=size,
             concurrency=self._backfill_concurrency,
         )
         return backfill
-
-    async def _backfilled(
-        self,
-        conn: asyncpg.Connection,
-        tenant: TenantClient,
-        request: SyncRequest,
-        result: SyncResult,
-        backfill: _Backfill,
-        load: _Load,
-        progress: ProgressCallback | None,
-        clock0: float,
-    ) -> bool:
-        """The backfill done; False when the list endpoints answer what no retry will change (the
-        export then reads from the beginning: committed pages stay, newer versions win)."""
-        try:
-            await self._backfill(conn, tenant, request, result, backfill, load, progress, clock0)
-        except (InvalidCredentialsError, ConfigurationError):
-            raise
-        except StsyncError as exc:
-            if isinstance(exc, TransientError) or (isinstance(exc, ApiError) and exc.transient):
-                raise  # an outage: the next sync resumes the backfill where it was
-            log_event(
-                logger,
-                logging.WARNING,
-                "sync.backfill_abandoned",
-                sync_id=result.sync_id,
-                credential_id=request.credential.id,
-                data_type=request.data_type,
-                error=str(exc),
-            )
-            await sync_log.end_backfill(conn, request.credential.id, request.data_type.value)
-            return False
-        return True
 
     async def _backfill(
         self,
@@ -768,36 +738,39 @@ class SyncEngine:
         load: _Load,
         progress: ProgressCallback | None,
         clock0: float,
-    ) -> None:
-        """Read the pages not committed yet, several in flight; commit each as it arrives."""
+    ) -> bool:
+        """Read the pages not committed yet, several in flight, committing each as it arrives.
+
+        False when the list endpoints answer what no retry will change: the backfill is given up
+        and the export reads from the beginning (committed pages stay, newer versions win). An
+        outage raises: the next sync resumes the backfill where it was.
+        """
         todo = backfill.todo
         if backfill.done:
-            log_event(
-                logger,
-                logging.INFO,
-                "sync.backfill_resumed",
-                sync_id=result.sync_id,
-                credential_id=request.credential.id,
-                data_type=request.data_type,
-                pages_left=len(todo),
-                pages=backfill.pages,
+            _log_backfill(
+                "sync.backfill_resumed", result, pages_left=len(todo), pages=backfill.pages
             )
-        load.from_beginning = True
         pages = _list_pages(
             tenant, request.data_type, backfill.page_size, todo, self._backfill_concurrency
         )
-        await self._drain(conn, request, result, pages, load, progress, clock0)
-        log_event(
-            logger,
-            logging.INFO,
+        try:
+            await self._drain(conn, request, result, pages, load, progress, clock0)
+        except _NOT_THE_LISTS:
+            raise
+        except StsyncError as exc:
+            if exc.transient:
+                raise
+            _log_backfill("sync.backfill_abandoned", result, logging.WARNING, error=str(exc))
+            await sync_log.end_backfill(conn, request.credential.id, request.data_type.value)
+            return False
+        _log_backfill(
             "sync.backfill_finished",
-            sync_id=result.sync_id,
-            credential_id=request.credential.id,
-            data_type=request.data_type,
+            result,
             pages=len(todo),
             records=result.records_processed,
             seconds=round(time.monotonic() - clock0, 3),
         )
+        return True
 
     async def _drain(
         self,
