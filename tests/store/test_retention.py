@@ -114,6 +114,12 @@ async def test_totals_sum_up_the_log_as_a_scan_would(pool: asyncpg.Pool) -> None
     totals, scanned = await summaries(pool)
     assert totals == scanned and totals["by_status"]["interrupted"] == 2  # type: ignore[index]
     assert running  # swept above: nobody held its lock
+    # Counters of running syncs move batch by batch without calling the trigger; a finished row
+    # edited by hand moves the totals.
+    await pool.execute("UPDATE stsync.sync_log SET records_processed = records_processed + 5")
+    await pool.execute("UPDATE stsync.sync_log SET status = 'failed' WHERE status = 'completed'")
+    totals, scanned = await summaries(pool)
+    assert totals == scanned and totals["by_status"]["failed"] == 4
     # Whoever writes the log, the totals follow: an operator's DELETE, a credential removed with
     # its history (the cascade takes its totals along).
     await pool.execute("DELETE FROM stsync.sync_log WHERE status = 'timed_out'")

@@ -22,12 +22,13 @@ WHERE status <> 'running'
 GROUP BY credential_id, data_type, status
 ON CONFLICT DO NOTHING;
 
+-- Rows written or deleted in bulk (a bulk load, retention's batches): one pass per statement.
 CREATE OR REPLACE FUNCTION stsync.sync_totals_follow() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        -- What left the finished set (an update of finished rows, a delete). No insert here: the
-        -- row exists, unless its credential is being deleted and took it along.
+    IF TG_OP = 'DELETE' THEN
+        -- No insert here: the totals row exists, unless its credential is being deleted and took
+        -- it along.
         UPDATE stsync.sync_totals t SET syncs = t.syncs - g.n, records = t.records - g.records,
             failed_records = t.failed_records - g.failed, seconds = t.seconds - g.seconds
         FROM (SELECT credential_id, data_type, status, count(*) AS n,
@@ -38,8 +39,7 @@ BEGIN
               GROUP BY credential_id, data_type, status) g
         WHERE t.credential_id = g.credential_id AND t.data_type = g.data_type
           AND t.status = g.status;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    ELSE
         INSERT INTO stsync.sync_totals AS t (credential_id, data_type, status, syncs, records,
                                              failed_records, seconds)
         SELECT credential_id, data_type, status, count(*), coalesce(sum(records_processed), 0),
@@ -56,11 +56,39 @@ BEGIN
 END
 $$;
 
+-- A row updated: a sync's end (running -> finished), or an edit of a finished row. The per-batch
+-- counter updates of running syncs (the hot path) do not even call it (see the trigger's WHEN).
+CREATE OR REPLACE FUNCTION stsync.sync_totals_follow_row() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.status <> 'running' THEN
+        UPDATE stsync.sync_totals SET syncs = syncs - 1,
+            records = records - OLD.records_processed,
+            failed_records = failed_records - OLD.records_failed,
+            seconds = seconds - coalesce(extract(epoch FROM OLD.completed_at - OLD.started_at), 0)
+        WHERE credential_id = OLD.credential_id AND data_type = OLD.data_type
+          AND status = OLD.status;
+    END IF;
+    IF NEW.status <> 'running' THEN
+        INSERT INTO stsync.sync_totals AS t (credential_id, data_type, status, syncs, records,
+                                             failed_records, seconds)
+        VALUES (NEW.credential_id, NEW.data_type, NEW.status, 1, NEW.records_processed,
+                NEW.records_failed,
+                coalesce(extract(epoch FROM NEW.completed_at - NEW.started_at), 0))
+        ON CONFLICT (credential_id, data_type, status) DO UPDATE SET
+            syncs = t.syncs + 1, records = t.records + excluded.records,
+            failed_records = t.failed_records + excluded.failed_records,
+            seconds = t.seconds + excluded.seconds;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 CREATE TRIGGER sync_totals_insert AFTER INSERT ON stsync.sync_log
     REFERENCING NEW TABLE AS came FOR EACH STATEMENT EXECUTE FUNCTION stsync.sync_totals_follow();
 CREATE TRIGGER sync_totals_update AFTER UPDATE ON stsync.sync_log
-    REFERENCING OLD TABLE AS gone NEW TABLE AS came
-    FOR EACH STATEMENT EXECUTE FUNCTION stsync.sync_totals_follow();
+    FOR EACH ROW WHEN (OLD.status <> 'running' OR NEW.status <> 'running')
+    EXECUTE FUNCTION stsync.sync_totals_follow_row();
 CREATE TRIGGER sync_totals_delete AFTER DELETE ON stsync.sync_log
     REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION stsync.sync_totals_follow();
 
