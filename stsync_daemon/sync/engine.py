@@ -52,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 # How far before the last committed modification a restart by date begins: late-arriving updates.
 RESTART_LOOKBACK = timedelta(minutes=30)
-_PREFETCH_PAGES = 2
 # A batch is committed at this many bytes of JSON even below `commit_batch_records`, so that
 # memory stays flat whatever the record size.
 _BATCH_BYTES = 8 * 1024 * 1024
@@ -332,6 +331,50 @@ class _End:
             "full_pass_started_at": self.full_pass_started_at,
             "credential_outcome": self.credential,
         }
+
+
+class _Filling:
+    """The batch being filled from pages (see `SyncEngine._batches`) and its hand-over queue."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.ready: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
+        self.grown = asyncio.Event()  # set when a page was added to `batch`
+        self.last_page = time.monotonic()
+
+    def take(self, data_type: DataType) -> Batch:
+        """The batch as it is; the filler goes on with an empty one."""
+        batch, self.batch = self.batch, new_batch(data_type)
+        return batch
+
+    async def fill(
+        self, pages: AsyncIterator[ExportPage], max_records: int, timings: dict[str, float]
+    ) -> None:
+        clock = time.perf_counter()
+        async for page in pages:
+            timings["fetch"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            batch = self.batch
+            with cycles.paused():  # rows are tuples of scalars: no cycles to find
+                batch.add_page(
+                    page.records,
+                    page.continue_from,
+                    page.nbytes,
+                    [_unreadable(u) for u in page.unreadable] if page.unreadable else (),
+                    page.number,
+                )
+            del page  # its records are rows now: free them before waiting
+            timings["convert"] += time.perf_counter() - clock
+            self.last_page = time.monotonic()
+            self.grown.set()
+            if batch.size >= max_records or batch.nbytes >= _BATCH_BYTES:
+                self.take(batch.shape.data_type)
+                await self.ready.put(batch)
+                await self.ready.join()  # the writer has it: fill the next one meanwhile
+            clock = time.perf_counter()
+        if self.batch.pages:
+            await self.ready.put(self.take(self.batch.shape.data_type))
+        await self.ready.put(None)
 
 
 class SyncEngine:
@@ -798,72 +841,70 @@ class SyncEngine:
 
     async def _batches(
         self,
-        export: AsyncIterator[ExportPage],
+        pages: AsyncIterator[ExportPage],
         data_type: DataType,
         timings: dict[str, float],
     ) -> AsyncGenerator[Batch, None]:
-        """Coalesce pages into batches while the next pages download (decode overlaps writes)."""
-        queue: asyncio.Queue[ExportPage | None] = asyncio.Queue(maxsize=_PREFETCH_PAGES)
+        """Batches of `pages`, filled by a task of their own while the previous batch is written.
 
-        async def produce() -> None:
-            clock = time.perf_counter()
-            async for page in export:
-                timings["fetch"] += time.perf_counter() - clock
-                await queue.put(page)
-                clock = time.perf_counter()
-            await queue.put(None)
-
-        producer = asyncio.create_task(produce(), name="stsync-export-prefetch")
-        getter: asyncio.Future[ExportPage | None] | None = None
+        Double buffering: the filler downloads, decodes and converts the next batch while the
+        writer waits on PostgreSQL, then waits itself until the writer takes it, so at most two
+        batches of rows exist. When no page has come for `_IDLE_WRITE_SECONDS` and the writer has
+        nothing to write, it takes the batch being filled as it is (a slow API's pages are
+        committed as they arrive, not only when a batch fills).
+        """
+        filling = _Filling(new_batch(data_type))
+        filler = asyncio.create_task(
+            filling.fill(pages, self._batch_records, timings), name="stsync-batch-filler"
+        )
+        getter: asyncio.Future[Batch | None] | None = None
+        grown: asyncio.Future[Any] | None = None
         try:
-            batch = new_batch(data_type)
             while True:
                 if getter is None:
-                    getter = asyncio.ensure_future(queue.get())
-                waiting: set[asyncio.Future[Any]] = {getter, producer}
+                    getter = asyncio.ensure_future(filling.ready.get())
+                waiting: set[asyncio.Future[Any]] = {getter, filler}
+                quiet = time.monotonic() - filling.last_page
+                if not filling.batch.pages:
+                    filling.grown.clear()
+                    grown = asyncio.ensure_future(filling.grown.wait())
+                    waiting.add(grown)
                 done, _ = await asyncio.wait(
                     waiting,
-                    timeout=_IDLE_WRITE_SECONDS if batch.pages else None,
+                    timeout=None if grown else max(0.0, _IDLE_WRITE_SECONDS - quiet),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                if not done:
-                    # The API is slower than the writer: write what is here while the next page
-                    # downloads, rather than all of it after the last one.
-                    yield batch
-                    batch = new_batch(data_type)
-                    continue
-                if getter not in done:
+                if grown is not None:
+                    grown.cancel()
+                    grown = None
+                if getter in done:
+                    taken = getter.result()
+                    getter = None
+                    filling.ready.task_done()
+                    if taken is None:
+                        break
+                    yield taken
+                    del taken
+                elif filler in done:
                     getter.cancel()
                     getter = None
-                    producer.result()  # raises the export's error
-                    continue
-                page = getter.result()
-                getter = None
-                if page is None:
-                    break
-                clock = time.perf_counter()
-                with cycles.paused():  # rows are tuples of scalars: no cycles to find
-                    batch.add_page(
-                        page.records,
-                        page.continue_from,
-                        page.nbytes,
-                        [_unreadable(u) for u in page.unreadable] if page.unreadable else (),
-                        page.number,
-                    )
-                page = None  # the parsed records are rows now; free them before waiting
-                timings["convert"] += time.perf_counter() - clock
-                if batch.size >= self._batch_records or batch.nbytes >= _BATCH_BYTES:
-                    yield batch
-                    batch = new_batch(data_type)
-            if batch.pages:
-                yield batch
+                    filler.result()  # raises the pages' error; else the end is in the queue
+                elif (
+                    not done
+                    and filling.ready.empty()  # (a batch queued as the wait ended comes first)
+                    and time.monotonic() - filling.last_page >= _IDLE_WRITE_SECONDS
+                ):
+                    # The API is slower than the writer: write what is here while the next page
+                    # downloads, rather than all of it after the last one.
+                    yield filling.take(data_type)
         finally:
-            if getter is not None:
-                getter.cancel()  # a timeout or a cancel can land while it waits
-            if not producer.done():
-                producer.cancel()
+            for future in (getter, grown):
+                if future is not None:
+                    future.cancel()  # a timeout or a cancel can land while it waits
+            if not filler.done():
+                filler.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await producer
+                    await filler
 
     async def _commit(
         self,

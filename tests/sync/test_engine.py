@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from stsync_daemon.enums import (
@@ -16,7 +17,7 @@ from stsync_daemon.enums import (
     SyncMode,
     SyncStatus,
 )
-from stsync_daemon.sandbox import FaultRule, SandboxConfig, truth_digest
+from stsync_daemon.sandbox import EndpointKind, FaultRule, SandboxConfig, truth_digest
 from stsync_daemon.store.syncs import sweep_orphans
 from stsync_daemon.sync.engine import SyncControl, SyncRequest
 from tests.support import Rig, db_truth, engine_rig, tenant
@@ -65,6 +66,45 @@ async def test_full_sync_of_two_tenants_equals_sandbox_truth(rig: Rig) -> None:
         "SELECT total, customer_id, payload FROM servicetitan.invoices WHERE tenant_id = 101 LIMIT 1"
     )
     assert row["payload"]["total"] is None or str(row["total"]) == row["payload"]["total"]
+
+
+async def test_the_next_batch_is_filled_while_one_is_written_and_no_further(
+    database_dsn: str, tmp_path: Path
+) -> None:
+    """Double buffering: while PostgreSQL holds the first batch's write, the next batch downloads
+    and converts; then the export waits, so no more than two batches are ever held."""
+    config = SandboxConfig(
+        tenants=(tenant(103, customers=1000, invoices=10),), export_page_size=50, seed=7
+    )
+    async with engine_rig(config, database_dsn, tmp_path) as rig:
+        cred = await rig.add(103)
+        blocker = await asyncpg.connect(database_dsn)
+        try:
+            held = blocker.transaction()
+            await held.start()
+            await blocker.execute("LOCK TABLE servicetitan.customers IN SHARE MODE")
+            sync = asyncio.create_task(
+                rig.engine.synchronize(SyncRequest(cred, DataType.CUSTOMERS))
+            )
+            pages, seen = -1, 0
+            for _ in range(100):
+                await asyncio.sleep(0.25)
+                pages, seen = (
+                    seen,
+                    rig.sandbox.counters(103, PROD).total(kind=EndpointKind.CUSTOMERS_EXPORT),
+                )
+                if seen and seen == pages:
+                    break
+            # Batches of 250 records are 5 pages of 50: one held by the lock, one filled.
+            assert seen == 10
+            assert not sync.done()
+            await held.rollback()
+        finally:
+            await blocker.close()
+        result = await sync
+        assert result.status is SyncStatus.COMPLETED, result.error_message
+        assert result.records_processed == 1000
+        await rig.assert_equal_truth(103, DataType.CUSTOMERS)
 
 
 async def test_incremental_sync_picks_up_exactly_the_changes(rig: Rig) -> None:
