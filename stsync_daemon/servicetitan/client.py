@@ -7,10 +7,12 @@ its failures into the project's exception hierarchy, with messages an operator c
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import random
 import time
+import urllib.request
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -211,6 +213,7 @@ class ServiceTitanClient:
         self._limiters: dict[tuple[Environment, str, int], RateLimiter] = {}
         # Digests of app keys ServiceTitan has accepted since start-up (see `_refused_twice`).
         self._app_keys_proven: set[str] = set()
+        self._proxies: dict[tuple[str, str], _Proxy] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -264,15 +267,25 @@ class ServiceTitanClient:
         if self._closed:
             raise RuntimeError("ServiceTitanClient is closed")
         if self._session is None:
-            # trust_env: HTTP(S)_PROXY and NO_PROXY apply, as servers behind a proxy need; aiohttp
-            # then also reads ~/.netrc (or $NETRC), which must hold no entry for ServiceTitan hosts.
+            # Proxies come from `_proxy_for`, not trust_env: aiohttp's looks them up (and parses
+            # ~/.netrc) in a thread for every request.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._config.connections),
                 timeout=self._timeout,
-                trust_env=True,
             )
             self._owns_session = True
         return self._session
+
+    def _proxy_for(self, url: str) -> _Proxy:
+        """The proxy that HTTP_PROXY / HTTPS_PROXY / NO_PROXY name for `url`'s host, looked up
+        once per scheme and host (the environment of a process does not change)."""
+        target = URL(url)
+        key = (target.scheme, target.host or "")
+        found = self._proxies.get(key)
+        if found is None:
+            found = _env_proxy(target)
+            self._proxies[key] = found
+        return found
 
     async def _send(
         self,
@@ -291,6 +304,10 @@ class ServiceTitanClient:
         env = access.environment
         started = self._clock()
         limit = self._config.max_response_bytes
+        proxy = self._proxy_for(url)
+        if proxy.headers and url.startswith("http://"):
+            # No tunnel for plain HTTP: the request itself carries the proxy's credentials.
+            headers = {**headers, **proxy.headers}
         try:
             async with session.request(
                 method,
@@ -300,6 +317,8 @@ class ServiceTitanClient:
                 headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,
+                proxy=proxy.url,
+                proxy_headers=proxy.headers,
             ) as resp:
                 body = await _read_capped(resp, limit)
                 if body is None:
@@ -827,6 +846,36 @@ class TenantClient:
             f"ServiceTitan's answer to {_WHAT[endpoint]} ({self.access.describe()}) does not have "
             f"the expected shape: {problem}. ServiceTitan may have changed its API; report it."
         )
+
+
+@dataclass(frozen=True)
+class _Proxy:
+    url: URL | None = None
+    headers: Mapping[str, str] | None = None  # Proxy-Authorization for CONNECT (never logged)
+
+
+def _env_proxy(target: URL) -> _Proxy:
+    """As curl and aiohttp read the environment: `<scheme>_proxy` unless NO_PROXY names the host.
+    Only http:// proxies (HTTPS is tunnelled through them with CONNECT); credentials may be in
+    the proxy's URL."""
+    if target.host is None or urllib.request.proxy_bypass(target.host):
+        return _Proxy()
+    value = urllib.request.getproxies().get(target.scheme)
+    if not value:
+        return _Proxy()
+    proxy = URL(value)
+    if proxy.scheme != "http":
+        _log.warning(
+            "ignoring the %s proxy for %s requests: only http:// proxy URLs are supported",
+            proxy.scheme or "schemeless",
+            target.scheme,
+        )
+        return _Proxy()
+    headers = None
+    if proxy.user is not None:
+        pair = f"{proxy.user}:{proxy.password or ''}".encode()
+        headers = {"Proxy-Authorization": "Basic " + base64.b64encode(pair).decode()}
+    return _Proxy(proxy.with_user(None), headers)
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -58,6 +59,7 @@ class ForwardProxy:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str]] = []
+        self.authorizations: list[str | None] = []  # Proxy-Authorization of each request
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._upstream: aiohttp.ClientSession | None = None
@@ -82,6 +84,7 @@ class ForwardProxy:
         if not target.startswith("http://"):
             return web.Response(status=400, text="a forward proxy expects absolute-form targets")
         self.requests.append((request.method, target))
+        self.authorizations.append(request.headers.get("Proxy-Authorization"))
         assert self._upstream is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         body = await request.read()
@@ -214,6 +217,62 @@ TINY_ACCESS = CredentialAccess(
     client_secret=SecretStr("tiny-secret"),
     app_key=SecretStr("ak-tiny"),
 )
+
+
+async def test_credentials_in_the_proxy_url_authenticate_to_the_proxy(
+    sandbox: Sandbox, proxy: ForwardProxy, clean_proxy_env: pytest.MonkeyPatch
+) -> None:
+    clean_proxy_env.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://ops:s%40cret@"))
+    async with ServiceTitanClient(client_config(sandbox)) as st:
+        records, _, _ = await export_all(st.tenant(access_for(TENANTS[0])), DataType.CUSTOMERS)
+    assert len(records) == TENANTS[0].customers
+    expected = "Basic " + base64.b64encode(b"ops:s@cret").decode()
+    assert proxy.authorizations and set(proxy.authorizations) == {expected}
+
+
+async def test_a_netrc_default_entry_reaches_neither_servicetitan_nor_the_proxy(
+    sandbox: Sandbox,
+    proxy: ForwardProxy,
+    clean_proxy_env: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A `default` entry in the service user's ~/.netrc once went with every token request."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login someone password hunter2\n")
+    netrc.chmod(0o600)
+    clean_proxy_env.setenv("NETRC", str(netrc))
+    clean_proxy_env.setenv("HTTP_PROXY", proxy.url)
+    async with ServiceTitanClient(client_config(sandbox)) as st:
+        records, _, _ = await export_all(st.tenant(access_for(TENANTS[0])), DataType.CUSTOMERS)
+    assert len(records) == TENANTS[0].customers
+    assert set(proxy.authorizations) == {None}
+
+
+async def test_the_proxy_is_looked_up_once_per_host_not_in_a_thread_per_request(
+    sandbox: Sandbox, clean_proxy_env: pytest.MonkeyPatch
+) -> None:
+    threads: list[object] = []
+    real = asyncio.to_thread
+
+    async def counting(func: Callable[..., object], /, *args: object, **kwargs: object) -> object:
+        threads.append(func)
+        return await real(func, *args, **kwargs)
+
+    clean_proxy_env.setattr(asyncio, "to_thread", counting)
+    async with ServiceTitanClient(client_config(sandbox)) as st:
+        _, _, pages = await export_all(st.tenant(access_for(TENANTS[0])), DataType.CUSTOMERS)
+    assert pages > 3 and threads == []
+
+
+async def test_an_https_proxy_url_is_ignored_with_a_warning(
+    sandbox: Sandbox, clean_proxy_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clean_proxy_env.setenv("HTTP_PROXY", "https://user:topsecret@127.0.0.1:9")
+    async with ServiceTitanClient(client_config(sandbox)) as st:
+        records, _, _ = await export_all(st.tenant(access_for(TENANTS[0])), DataType.CUSTOMERS)
+    assert len(records) == TENANTS[0].customers
+    warnings = [r.getMessage() for r in caplog.records if "proxy" in r.getMessage()]
+    assert warnings and "https" in warnings[0] and "topsecret" not in " ".join(warnings)
 
 
 def page_bytes(records: int, *, padding: int = 0) -> bytes:
