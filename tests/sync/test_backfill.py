@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from stsync_daemon.daemon.planning import Planner
-from stsync_daemon.enums import DataType, Environment, SyncMode, SyncStatus
+from stsync_daemon.embedded.postgres import PrivateCluster
+from stsync_daemon.enums import DataType, Environment, ErrorCategory, SyncMode, SyncStatus
 from stsync_daemon.errors import ValidationFailure
 from stsync_daemon.requests import ProcessRequest
 from stsync_daemon.sandbox import EndpointKind, FaultRule, SandboxConfig
@@ -131,6 +132,49 @@ async def test_an_interrupted_backfill_resumes_with_the_pages_it_had_not_committ
     # No new count, and only the pages not committed before.
     assert requests(rig, BIG.tenant_id, EndpointKind.CUSTOMERS_LIST) - before == 15 - committed
     await rig.assert_equal_truth(BIG.tenant_id, CUSTOMERS)
+
+
+@pytest.mark.timeout(120)
+async def test_postgresql_stopping_mid_backfill_fails_the_sync_and_the_next_one_resumes(
+    own_cluster: PrivateCluster, tmp_path: Path
+) -> None:
+    config = SandboxConfig(tenants=(BIG,), export_page_size=100, seed=7)
+    async with engine_rig(config, own_cluster.dsn(), tmp_path, sync=BACKFILL) as rig:
+        cred = await rig.add(BIG.tenant_id)
+        rig.sandbox.set_faults(FaultRule(endpoint=EndpointKind.CUSTOMERS_LIST, latency_ms=80))
+        sync = asyncio.create_task(rig.sync(cred, CUSTOMERS))
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            done = await rig.pool.fetchval(
+                "SELECT coalesce(cardinality(backfill_done), 0) FROM stsync.cursors "
+                "WHERE credential_id = $1 AND data_type = 'customers'",
+                cred.id,
+            )
+            if done and done >= 4:
+                break
+        await asyncio.to_thread(own_cluster.stop)
+        await asyncio.sleep(2)  # pages keep arriving; their writes fail, then the end's
+        assert not sync.done()
+        await asyncio.to_thread(own_cluster.start)
+        result = await asyncio.wait_for(sync, 60)
+        assert (result.status, result.error_category) == (
+            SyncStatus.FAILED,
+            ErrorCategory.DATABASE,
+        )
+        kept = await cursor(rig, cred.id, CUSTOMERS)
+        done = len(kept["backfill_done"])  # type: ignore[arg-type]
+        assert kept["backfill_started_at"] is not None and 4 <= done < 15
+        assert (
+            await rig.pool.fetchval("SELECT count(*) FROM servicetitan.customers")
+            == done * BACKFILL["backfill_page_size"]
+        )
+        rig.sandbox.set_faults()
+        await asyncio.sleep(0.3)
+        before = requests(rig, BIG.tenant_id, EndpointKind.CUSTOMERS_LIST)
+        resumed = await rig.sync(cred, CUSTOMERS)
+        assert resumed.status is SyncStatus.COMPLETED, resumed.error_message
+        assert requests(rig, BIG.tenant_id, EndpointKind.CUSTOMERS_LIST) - before == 15 - done
+        await rig.assert_equal_truth(BIG.tenant_id, CUSTOMERS)
 
 
 async def test_a_page_that_keeps_failing_fails_the_sync_and_keeps_the_others(
