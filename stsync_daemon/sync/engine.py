@@ -901,10 +901,9 @@ class SyncEngine:
             for future in (getter, grown):
                 if future is not None:
                     future.cancel()  # a timeout or a cancel can land while it waits
-            if not filler.done():
-                filler.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await filler
+            filler.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await filler  # its outcome retrieved: an error of its own is not left unobserved
 
     async def _commit(
         self,

@@ -52,6 +52,19 @@ async def cursor(rig: Rig, credential_id: object, data_type: DataType) -> dict[s
     return dict(row)
 
 
+async def until_pages_committed(rig: Rig, credential_id: object, pages: int) -> None:
+    """Wait (up to 10 s) until the customers backfill has committed `pages` pages."""
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        done = await rig.pool.fetchval(
+            "SELECT coalesce(cardinality(backfill_done), 0) FROM stsync.cursors "
+            "WHERE credential_id = $1 AND data_type = 'customers'",
+            credential_id,
+        )
+        if done and done >= pages:
+            return
+
+
 @pytest.mark.parametrize("data_type", [CUSTOMERS, INVOICES])
 async def test_a_large_first_sync_backfills_then_hands_over_to_the_export(
     rig: Rig, data_type: DataType
@@ -108,15 +121,7 @@ async def test_an_interrupted_backfill_resumes_with_the_pages_it_had_not_committ
     sync = asyncio.create_task(
         rig.engine.synchronize(SyncRequest(cred, CUSTOMERS), control=control)
     )
-    for _ in range(200):
-        await asyncio.sleep(0.05)
-        done = await rig.pool.fetchval(
-            "SELECT coalesce(cardinality(backfill_done), 0) FROM stsync.cursors "
-            "WHERE credential_id = $1 AND data_type = 'customers'",
-            cred.id,
-        )
-        if done and done >= 4:
-            break
+    await until_pages_committed(rig, cred.id, 4)
     control.cancel_status = SyncStatus.INTERRUPTED
     sync.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -143,15 +148,7 @@ async def test_postgresql_stopping_mid_backfill_fails_the_sync_and_the_next_one_
         cred = await rig.add(BIG.tenant_id)
         rig.sandbox.set_faults(FaultRule(endpoint=EndpointKind.CUSTOMERS_LIST, latency_ms=80))
         sync = asyncio.create_task(rig.sync(cred, CUSTOMERS))
-        for _ in range(200):
-            await asyncio.sleep(0.05)
-            done = await rig.pool.fetchval(
-                "SELECT coalesce(cardinality(backfill_done), 0) FROM stsync.cursors "
-                "WHERE credential_id = $1 AND data_type = 'customers'",
-                cred.id,
-            )
-            if done and done >= 4:
-                break
+        await until_pages_committed(rig, cred.id, 4)
         await asyncio.to_thread(own_cluster.stop)
         await asyncio.sleep(2)  # pages keep arriving; their writes fail, then the end's
         assert not sync.done()

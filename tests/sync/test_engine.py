@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +20,9 @@ from stsync_daemon.enums import (
     SyncMode,
     SyncStatus,
 )
+from stsync_daemon.errors import NetworkError
 from stsync_daemon.sandbox import EndpointKind, FaultRule, SandboxConfig, truth_digest
+from stsync_daemon.servicetitan import ExportPage
 from stsync_daemon.store.syncs import sweep_orphans
 from stsync_daemon.sync.engine import SyncControl, SyncRequest
 from tests.support import Rig, db_truth, engine_rig, tenant
@@ -105,6 +110,30 @@ async def test_the_next_batch_is_filled_while_one_is_written_and_no_further(
         assert result.status is SyncStatus.COMPLETED, result.error_message
         assert result.records_processed == 1000
         await rig.assert_equal_truth(103, DataType.CUSTOMERS)
+
+
+async def test_a_failed_write_leaves_no_error_of_the_filler_unobserved(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pages fail while the writer is busy, then the write fails too: the writer's error wins,
+    and the filler's is retrieved rather than logged at garbage collection as never retrieved."""
+
+    async def pages() -> AsyncIterator[ExportPage]:
+        record = {"id": 1, "active": True, "modifiedOn": "2026-11-30T10:00:00Z"}
+        yield ExportPage([record], "token-1", True, 64)
+        await asyncio.sleep(0.1)  # after the writer took the page
+        raise NetworkError("ServiceTitan went away")
+
+    batches = rig.engine._batches(pages(), DataType.CUSTOMERS, defaultdict(float))
+    with pytest.raises(RuntimeError, match="the write failed"):
+        async with contextlib.aclosing(batches):
+            batch = await anext(batches)  # the one page, handed over as no other comes
+            assert len(batch.rows) == 1
+            await asyncio.sleep(0.2)  # the filler fails meanwhile
+            raise RuntimeError("the write failed")
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 async def test_incremental_sync_picks_up_exactly_the_changes(rig: Rig) -> None:
