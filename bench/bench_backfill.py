@@ -4,7 +4,7 @@ One tenant (customers + invoices) behind a sandbox that adds `--latency-ms` to e
 and serves export pages of 500, with ServiceTitan's 60 requests/s per tenant. `stsyncd` runs as a
 subprocess; each round empties the tables and asks it (over the control socket) for a first sync of
 both data types: once with backfills off (`[sync] backfill_min_records = 0`: the export, one page
-after the other) and once with them on (list pages of 5000, `--concurrency` in flight per data
+after the other) and once with them on (list pages of `--page-size`, the daemon's default, `--concurrency` in flight per data
 type, then the catch-up export). Then, with backfills on again, 1% of the records are modified and
 0.5% created while the backfill runs. Every sync must leave the tables equal to the sandbox's truth
 (digests), the tenant's peak must stay <= 60 requests/s, and the incremental sync after the
@@ -40,6 +40,7 @@ from common import (
     write_result,
 )
 
+from stsync_daemon.limits import BACKFILL_PAGE_SIZE_DEFAULT
 from stsync_daemon.sandbox.truth import truth_digest
 
 TENANT = 7001
@@ -233,7 +234,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000, help="per data type")
     parser.add_argument("--latency-ms", type=float, default=1000.0)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--page-size", type=int, default=5000, help="list page size")
+    parser.add_argument(
+        "--page-size", type=int, default=BACKFILL_PAGE_SIZE_DEFAULT, help="list page size"
+    )
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
     r = asyncio.run(bench(args))

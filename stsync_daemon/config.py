@@ -33,6 +33,7 @@ from .errors import ConfigError
 from .limits import (
     BACKFILL_CONCURRENCY_DEFAULT,
     BACKFILL_MIN_RECORDS_DEFAULT,
+    BACKFILL_PAGE_SIZE_DEFAULT,
     BACKFILL_PAGE_SIZE_MAX,
     MAX_CONCURRENT_DEFAULT,
     MAX_CONCURRENT_TOTAL_DEFAULT,
@@ -159,7 +160,7 @@ class SyncConfig(_Frozen):
     backfill_min_records: Annotated[int, Field(ge=0)] = BACKFILL_MIN_RECORDS_DEFAULT
     backfill_concurrency: Annotated[int, Field(ge=1, le=60)] = BACKFILL_CONCURRENCY_DEFAULT
     backfill_page_size: Annotated[int, Field(ge=1, le=BACKFILL_PAGE_SIZE_MAX)] = (
-        BACKFILL_PAGE_SIZE_MAX
+        BACKFILL_PAGE_SIZE_DEFAULT
     )
 
 

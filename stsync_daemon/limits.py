@@ -27,6 +27,9 @@ BIGINT_MAX = 2**63 - 1
 BACKFILL_MIN_RECORDS_DEFAULT = 20_000  # a first sync this large reads the lists, pages in parallel
 BACKFILL_CONCURRENCY_DEFAULT = 8  # list pages in flight per data type
 BACKFILL_PAGE_SIZE_MAX = 5000  # the list endpoints' largest pageSize
+# Records per list page by default: 5,000 invoices are a 67 MB decoded page and held the daemon at
+# 280 MB; 1,000 keep it under 160 MB and convert faster (bench/README.md, "Backfill memory").
+BACKFILL_PAGE_SIZE_DEFAULT = 1000
 EXPORT_PAGE_RECORDS = 500  # what one export page holds (ServiceTitan's size, not ours to set)
 ID_PREFIX_MIN = 4  # hex digits of an id prefix (`credentials show 3f2b`), as git's shortest
 

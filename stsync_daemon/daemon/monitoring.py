@@ -69,21 +69,21 @@ class MetricsRefresher:
         self._wanted.set()
 
     async def refresh(self) -> None:
-        """Read every cluster-wide gauge once; raises the database's errors."""
+        """Read every cluster-wide gauge once, then publish them together (a scrape never sees
+        half of one refresh); raises the database's errors."""
         store, coverage = self._credentials, self._coverage
-        self._metrics.credentials_by_status(await store.count_by_status())
+        by_status = await store.count_by_status()
+        scheduled = await store.scheduled_by_status(coverage)
+        fresh = await store.freshness(coverage, self._config.stale_after_hours * 3600)
+        last = await store.scheduled_last_success(coverage) if self._config.per_credential else None
+        self._metrics.credentials_by_status(by_status)
         self._metrics.scheduled_by_status(
-            {
-                (r["environment"], r["status"]): r["n"]
-                for r in await store.scheduled_by_status(coverage)
-            }
+            {(r["environment"], r["status"]): r["n"] for r in scheduled}
         )
-        stale_after = self._config.stale_after_hours * 3600
         self._metrics.freshness(
-            (r["environment"], r["data_type"], r["stale"], r["oldest"])
-            for r in await store.freshness(coverage, stale_after)
+            (r["environment"], r["data_type"], r["stale"], r["oldest"]) for r in fresh
         )
-        if self._config.per_credential:
+        if last is not None:
             self._metrics.replace_last_success(
                 (
                     str(r["credential_id"]),
@@ -92,7 +92,7 @@ class MetricsRefresher:
                     r["data_type"],
                     r["completed_at"],
                 )
-                for r in await store.scheduled_last_success(coverage)
+                for r in last
             )
 
     async def loop(self, beat: Callable[[], None]) -> None:

@@ -32,7 +32,7 @@ from ..errors import (
     StsyncError,
     SyncTimeoutError,
 )
-from ..limits import SYNC_TIMEOUT_DEFAULT
+from ..limits import BACKFILL_PAGE_SIZE_DEFAULT, SYNC_TIMEOUT_DEFAULT
 from ..logs import log_event
 from ..servicetitan import (
     ExportPage,
@@ -237,22 +237,31 @@ async def _list_pages(
     page_size: int,
     numbers: list[int],
     concurrency: int,
-) -> AsyncGenerator[ExportPage, None]:
-    """The list pages `numbers`, yielded as they arrive, with up to `concurrency` requests out.
+    timings: Timings,
+) -> AsyncGenerator[Batch, None]:
+    """The list pages `numbers`, each converted to rows as it arrives and yielded, with up to
+    `concurrency` requests out.
 
-    How many are out adapts: when the writer had to wait for a page, the API is the bound and one
-    more request goes out (up to `concurrency`; the tenant's rate limiter paces them all); when
-    pages wait for the writer, the CPU is, and one fewer does, so that a fast API does not fill
-    memory (and the cycle collector's walks) with decoded pages nobody is writing yet. A failed
-    request fails the whole (the rest are cancelled); the pages already yielded stay committed and
-    the next sync reads only the others.
+    A page is converted in its request's task, in the same synchronous stretch as its decoding:
+    a decoded page of 5,000 invoices is about 5.5 times its JSON (67 MB), its rows about its
+    JSON, so pages waiting for the writer hold rows, never decoded records. How many requests are
+    out adapts: when the filler had to wait for a page, the API is the bound and one more goes out
+    (up to `concurrency`; the tenant's rate limiter paces them all); when pages wait for the
+    filler, the database is, and one fewer does. A failed request fails the whole (the rest are
+    cancelled); the pages already yielded stay committed and the next sync reads only the others.
     """
     waiting = deque(numbers)
-    arrived: asyncio.Queue[asyncio.Task[ExportPage]] = asyncio.Queue()
-    out: set[asyncio.Task[ExportPage]] = set()
+    arrived: asyncio.Queue[asyncio.Task[Batch]] = asyncio.Queue()
+    out: set[asyncio.Task[Batch]] = set()
     limit = min(2, concurrency)
 
-    def landed(task: asyncio.Task[ExportPage]) -> None:
+    async def fetch(number: int) -> Batch:
+        page = await tenant.fetch_list_page(data_type, number, page_size)
+        part = new_batch(data_type)
+        _convert(page, part, timings)
+        return part
+
+    def landed(task: asyncio.Task[Batch]) -> None:
         out.discard(task)
         arrived.put_nowait(task)
 
@@ -260,14 +269,13 @@ async def _list_pages(
         for _ in numbers:
             while waiting and len(out) + arrived.qsize() < limit:
                 task = asyncio.create_task(
-                    tenant.fetch_list_page(data_type, waiting.popleft(), page_size),
-                    name=f"stsync-backfill-{data_type.value}",
+                    fetch(waiting.popleft()), name=f"stsync-backfill-{data_type.value}"
                 )
                 out.add(task)
                 task.add_done_callback(landed)
-            writer_waited = arrived.empty()
+            filler_waited = arrived.empty()
             task = await arrived.get()
-            if writer_waited:
+            if filler_waited:
                 limit = min(concurrency, limit + 1)
             elif arrived.qsize():
                 limit = max(1, limit - 1)
@@ -333,6 +341,26 @@ class _End:
         }
 
 
+# What fills batches: an export page, or a list page converted as it arrived (`_list_pages`).
+Page = ExportPage | Batch
+Timings = dict[str, float]
+
+
+def _convert(page: ExportPage, batch: Batch, timings: Timings) -> None:
+    """The page's records as rows of `batch`, in one synchronous stretch without the collector:
+    rows are tuples of scalars, and JSON builds no cycles to find."""
+    clock = time.perf_counter()
+    with cycles.paused():
+        batch.add_page(
+            page.records,
+            page.continue_from,
+            page.nbytes,
+            [_unreadable(u) for u in page.unreadable] if page.unreadable else (),
+            page.number,
+        )
+    timings["convert"] += time.perf_counter() - clock
+
+
 class _Filling:
     """The batch being filled from pages (see `SyncEngine._batches`) and its hand-over queue."""
 
@@ -347,24 +375,16 @@ class _Filling:
         batch, self.batch = self.batch, new_batch(data_type)
         return batch
 
-    async def fill(
-        self, pages: AsyncIterator[ExportPage], max_records: int, timings: dict[str, float]
-    ) -> None:
+    async def fill(self, pages: AsyncIterator[Page], max_records: int, timings: Timings) -> None:
         clock = time.perf_counter()
         async for page in pages:
             timings["fetch"] += time.perf_counter() - clock
-            clock = time.perf_counter()
             batch = self.batch
-            with cycles.paused():  # rows are tuples of scalars: no cycles to find
-                batch.add_page(
-                    page.records,
-                    page.continue_from,
-                    page.nbytes,
-                    [_unreadable(u) for u in page.unreadable] if page.unreadable else (),
-                    page.number,
-                )
+            if isinstance(page, Batch):
+                batch.absorb(page)
+            else:
+                _convert(page, batch, timings)
             del page  # its records are rows now: free them before waiting
-            timings["convert"] += time.perf_counter() - clock
             self.last_page = time.monotonic()
             self.grown.set()
             if batch.size >= max_records or batch.nbytes >= _BATCH_BYTES:
@@ -392,7 +412,7 @@ class SyncEngine:
         problems: ProblemReporter | None = None,
         backfill_min_records: int = 0,
         backfill_concurrency: int = 8,
-        backfill_page_size: int = 5000,
+        backfill_page_size: int = BACKFILL_PAGE_SIZE_DEFAULT,
     ) -> None:
         self._pool = pool
         self._client = client
@@ -794,7 +814,12 @@ class SyncEngine:
                 "sync.backfill_resumed", result, pages_left=len(todo), pages=backfill.pages
             )
         pages = _list_pages(
-            tenant, request.data_type, backfill.page_size, todo, self._backfill_concurrency
+            tenant,
+            request.data_type,
+            backfill.page_size,
+            todo,
+            self._backfill_concurrency,
+            result.timings,
         )
         try:
             await self._drain(conn, request, result, pages, load, progress, clock0)
@@ -820,7 +845,7 @@ class SyncEngine:
         conn: asyncpg.Connection,
         request: SyncRequest,
         result: SyncResult,
-        pages: AsyncIterator[ExportPage],
+        pages: AsyncIterator[Page],
         load: _Load,
         progress: ProgressCallback | None,
         clock0: float,
@@ -841,9 +866,9 @@ class SyncEngine:
 
     async def _batches(
         self,
-        pages: AsyncIterator[ExportPage],
+        pages: AsyncIterator[Page],
         data_type: DataType,
-        timings: dict[str, float],
+        timings: Timings,
     ) -> AsyncGenerator[Batch, None]:
         """Batches of `pages`, filled by a task of their own while the previous batch is written.
 

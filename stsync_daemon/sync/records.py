@@ -286,6 +286,27 @@ class Batch:
         if list_page is not None:
             self.list_pages.append(list_page)
 
+    def absorb(self, part: Batch) -> None:
+        """Add a page converted on its own (a backfill's list page) by the rules of `add_page`."""
+        rows, mod_i = self.rows, self.shape.modified_index
+        if not rows:
+            self.rows = rows = dict(part.rows)
+        else:
+            for key, row in part.rows.items():
+                previous = rows.get(key)
+                if previous is None or previous[mod_i] <= row[mod_i]:
+                    rows[key] = row
+        self.rejected.extend(part.rejected)
+        if part.max_modified is not None and (
+            self.max_modified is None or part.max_modified > self.max_modified
+        ):
+            self.max_modified = part.max_modified
+        self.processed += part.processed
+        self.pages += part.pages
+        self.nbytes += part.nbytes
+        self.continue_from = part.continue_from
+        self.list_pages.extend(part.list_pages)
+
     @property
     def size(self) -> int:
         return len(self.rows) + len(self.rejected)
