@@ -10,7 +10,7 @@ type, then the catch-up export). Then, with backfills on again, 1% of the record
 (digests), the tenant's peak must stay <= 60 requests/s, and the incremental sync after the
 mutated backfill must fetch only what changed after it (nothing, here).
 
-    .venv/bin/python bench/bench_backfill.py [--records 200000 --latency-ms 1000 --concurrency 8 --runs 1]
+    .venv/bin/python bench/bench_backfill.py [--records 200000 --latency-ms 1000 --concurrency 16 --runs 1]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from common import (
     write_result,
 )
 
-from stsync_daemon.limits import BACKFILL_PAGE_SIZE_DEFAULT
+from stsync_daemon.limits import BACKFILL_CONCURRENCY_DEFAULT, BACKFILL_PAGE_SIZE_DEFAULT
 from stsync_daemon.sandbox.truth import truth_digest
 
 TENANT = 7001
@@ -233,7 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000, help="per data type")
     parser.add_argument("--latency-ms", type=float, default=1000.0)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=BACKFILL_CONCURRENCY_DEFAULT)
     parser.add_argument(
         "--page-size", type=int, default=BACKFILL_PAGE_SIZE_DEFAULT, help="list page size"
     )

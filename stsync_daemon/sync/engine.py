@@ -32,7 +32,11 @@ from ..errors import (
     StsyncError,
     SyncTimeoutError,
 )
-from ..limits import BACKFILL_PAGE_SIZE_DEFAULT, SYNC_TIMEOUT_DEFAULT
+from ..limits import (
+    BACKFILL_CONCURRENCY_DEFAULT,
+    BACKFILL_PAGE_SIZE_DEFAULT,
+    SYNC_TIMEOUT_DEFAULT,
+)
 from ..logs import log_event
 from ..servicetitan import (
     ExportPage,
@@ -411,7 +415,7 @@ class SyncEngine:
         instance: str | None = None,
         problems: ProblemReporter | None = None,
         backfill_min_records: int = 0,
-        backfill_concurrency: int = 8,
+        backfill_concurrency: int = BACKFILL_CONCURRENCY_DEFAULT,
         backfill_page_size: int = BACKFILL_PAGE_SIZE_DEFAULT,
     ) -> None:
         self._pool = pool
