@@ -15,7 +15,7 @@ import pytest
 
 from stsync_daemon.embedded.postgres import PrivateCluster
 from stsync_daemon.enums import CredentialStatus, DataType, Environment, ErrorCategory, SyncStatus
-from stsync_daemon.sandbox import FaultRule, PoisonKind, SandboxConfig
+from stsync_daemon.sandbox import EndpointKind, FaultRule, PoisonKind, SandboxConfig
 from stsync_daemon.sandbox.dataset import Dataset
 from stsync_daemon.sync import records
 from tests.support import Rig, engine_rig, tenant
@@ -118,6 +118,38 @@ async def test_a_record_refused_by_postgresql_itself_is_isolated_from_its_batch(
     assert b"a\\u0000b" in letter["raw"] and letter["payload"] is None
     stored = await rig.pool.fetchval("SELECT count(*) FROM servicetitan.customers")
     assert stored == 299  # every record but the one PostgreSQL refused
+
+
+async def test_a_record_refused_by_postgresql_in_a_backfill_page_is_isolated_too(
+    database_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """List pages converted apart and refused at the write: the same split, the page committed."""
+    monkeypatch.setattr(records, "_NUL_ESCAPE", b"\x00never in JSON text\x00")
+    config = SandboxConfig(
+        tenants=(tenant(102, customers=3000, invoices=10),), export_page_size=100, seed=5
+    )
+    backfill = {"backfill_min_records": 1000, "backfill_page_size": 200, "backfill_concurrency": 4}
+    async with engine_rig(config, database_dsn, tmp_path, sync=backfill) as rig:
+        cred = await rig.add(102)
+        data = dataset(rig)
+        bad = data.id_at(1234)
+        serve_as(data, bad, with_name("a\\u0000b"))
+        result = await rig.sync(cred, CUSTOMERS)
+        assert result.status is SyncStatus.COMPLETED, result.error_message
+        assert result.records_failed >= 1
+        lists = rig.sandbox.counters(102, PROD).total(kind=EndpointKind.CUSTOMERS_LIST, status=200)
+        assert lists == 1 + 15  # the count, then every page once: none failed for the record
+        letters = await rig.pool.fetch("SELECT record_id, reason FROM stsync.dead_letters")
+        # Once from its list page; once more from the catch-up export, as it changed just before.
+        assert [r["record_id"] for r in letters] in ([str(bad)], [str(bad)] * 2)
+        assert letters[0]["reason"].startswith("PostgreSQL cannot store it")
+        stored = await rig.pool.fetchval("SELECT count(*) FROM servicetitan.customers")
+        assert stored == 2999
+        cursor = await rig.pool.fetchrow(
+            "SELECT continue_from, backfill_started_at FROM stsync.cursors "
+            "WHERE data_type = 'customers'"
+        )
+        assert cursor["continue_from"] and cursor["backfill_started_at"] is None
 
 
 async def test_integers_beyond_int64_never_reach_a_bigint_column(rig: Rig) -> None:
