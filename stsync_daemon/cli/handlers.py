@@ -86,10 +86,10 @@ def _path_id(value: str) -> str:
     return quote(value, safe="")
 
 
-def _answered_id(answer: Any, given: str) -> str:
+def _answered_id(answer: Any, given: str, key: str = "id") -> str:
     """The whole id the daemon answered with (the operator may have given a prefix)."""
-    if isinstance(answer, dict) and isinstance(answer.get("id"), str):
-        return str(answer["id"])
+    if isinstance(answer, dict) and isinstance(answer.get(key), str):
+        return str(answer[key])
     return given
 
 
@@ -352,8 +352,7 @@ async def credentials_remove(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.json_output:
         ctx.emit_json(answer if answer is not None else {"removed": True, "id": args.credential_id})
     else:
-        removed = answer.get("removed") if isinstance(answer, dict) else None
-        what = removed if isinstance(removed, str) else args.credential_id
+        what = _answered_id(answer, args.credential_id, key="removed")
         if args.purge:
             ctx.out(f"Removed credential {what} and its history")
         else:

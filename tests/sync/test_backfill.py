@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +37,14 @@ async def rig(database_dsn: str, tmp_path: Path) -> AsyncIterator[Rig]:
     config = SandboxConfig(tenants=(BIG, SMALL), export_page_size=100, seed=7)
     async with engine_rig(config, database_dsn, tmp_path, sync=BACKFILL) as rig:
         yield rig
+
+
+def big_alone(
+    dsn: str, tmp_path: Path, *, export_page_size: int = 100, **servicetitan: Any
+) -> AbstractAsyncContextManager[Rig]:
+    """A rig whose sandbox holds the big tenant only, with backfills on."""
+    config = SandboxConfig(tenants=(BIG,), export_page_size=export_page_size, seed=7)
+    return engine_rig(config, dsn, tmp_path, sync=BACKFILL, servicetitan=servicetitan)
 
 
 def requests(rig: Rig, tenant_id: int, kind: EndpointKind) -> int:
@@ -143,8 +153,7 @@ async def test_an_interrupted_backfill_resumes_with_the_pages_it_had_not_committ
 async def test_postgresql_stopping_mid_backfill_fails_the_sync_and_the_next_one_resumes(
     own_cluster: PrivateCluster, tmp_path: Path
 ) -> None:
-    config = SandboxConfig(tenants=(BIG,), export_page_size=100, seed=7)
-    async with engine_rig(config, own_cluster.dsn(), tmp_path, sync=BACKFILL) as rig:
+    async with big_alone(own_cluster.dsn(), tmp_path) as rig:
         cred = await rig.add(BIG.tenant_id)
         rig.sandbox.set_faults(FaultRule(endpoint=EndpointKind.CUSTOMERS_LIST, latency_ms=80))
         sync = asyncio.create_task(rig.sync(cred, CUSTOMERS))
@@ -177,11 +186,8 @@ async def test_postgresql_stopping_mid_backfill_fails_the_sync_and_the_next_one_
 async def test_a_page_that_keeps_failing_fails_the_sync_and_keeps_the_others(
     database_dsn: str, tmp_path: Path
 ) -> None:
-    config = SandboxConfig(tenants=(BIG,), export_page_size=100, seed=7)
     # One attempt per request: the first 500 on a page fails the sync.
-    async with engine_rig(
-        config, database_dsn, tmp_path, sync=BACKFILL, servicetitan={"max_attempts": 1}
-    ) as rig:
+    async with big_alone(database_dsn, tmp_path, max_attempts=1) as rig:
         cred = await rig.add(BIG.tenant_id)
         rig.sandbox.set_faults(
             FaultRule(endpoint=EndpointKind.INVOICES_LIST, server_error_share=0.2, seed=3)
@@ -240,10 +246,7 @@ async def test_a_dry_run_says_which_pairs_would_backfill_and_how_long_they_would
 async def test_a_list_endpoint_that_fails_leaves_the_export_to_do_the_first_sync(
     database_dsn: str, tmp_path: Path
 ) -> None:
-    config = SandboxConfig(tenants=(BIG,), export_page_size=500, seed=7)
-    async with engine_rig(
-        config, database_dsn, tmp_path, sync=BACKFILL, servicetitan={"max_attempts": 2}
-    ) as rig:
+    async with big_alone(database_dsn, tmp_path, export_page_size=500, max_attempts=2) as rig:
         cred = await rig.add(BIG.tenant_id)
         rig.sandbox.set_faults(FaultRule(endpoint=EndpointKind.CUSTOMERS_LIST, malformed_share=1.0))
         result = await rig.sync(cred, CUSTOMERS)
